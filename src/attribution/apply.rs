@@ -1,0 +1,372 @@
+//! Applying a batch of [`Decision`]s inside one transaction: dedupe, status transitions,
+//! ledger postings.
+//!
+//! Input: decisions in arrival order and an open transaction. Output: one [`Receipt`] per
+//! decision, in the same order. Side effects: conversion rows inserted or updated, postings
+//! appended. Nothing commits here; the writer commits once for the whole batch.
+//!
+//! The fast path is one multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING id` for every new
+//! conversion in the batch, then one multi-row insert of postings: a few statements per
+//! batch rather than per request. Rows the insert skipped collided with an earlier conversion
+//! on a dedupe key (`txn_key`, `click_goal_key`), possibly one earlier in the same batch; they
+//! and reversals take the slow path, one at a time, in arrival order, so a status update
+//! always sees the row it updates. Uniqueness is enforced by the database, not by memory,
+//! so it holds across processes too.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::{Decision, TIME_RULES};
+use crate::domain::{Reason, ReasonCode, Receipt, Status, Verdict};
+use crate::ledger::{self, Posting};
+use crate::store::StoreError;
+
+/// Rows per multi-row insert (26 binds each, well under SQLite's 32 766).
+const INSERT_CHUNK: usize = 500;
+
+/// Applies `decisions` in order; see the module docs.
+pub async fn apply_batch(
+    conn: &mut SqliteConnection,
+    decisions: &[Decision],
+    now: DateTime<Utc>,
+) -> Result<Vec<Receipt>, StoreError> {
+    let now_ms = now.timestamp_millis();
+    let fresh: Vec<&Decision> = decisions
+        .iter()
+        .filter(|d| d.status != Status::Reversed || d.is_rejected())
+        .collect();
+    let inserted = insert_new(conn, &fresh, now_ms).await?;
+
+    let mut receipts = Vec::with_capacity(decisions.len());
+    let mut postings: Vec<Posting> = Vec::new();
+    for d in decisions {
+        let receipt = if inserted.contains(d.conversion_id.as_str()) {
+            if !d.is_rejected()
+                && d.status == Status::Approved
+                && let (Some(a), Some(aff)) = (d.amounts, d.affiliate_key.as_deref())
+            {
+                postings.extend(ledger::conversion_postings(
+                    &d.conversion_id,
+                    &d.advertiser_key,
+                    aff,
+                    a.payout,
+                    a.revenue,
+                ));
+            }
+            own_receipt(d)
+        } else {
+            // Postings so far must be visible to the slow path's reads (a reversal of a
+            // conversion approved earlier in this batch negates them).
+            ledger::insert(conn, &postings, now_ms).await?;
+            postings.clear();
+            resolve_existing(conn, d, now_ms).await?
+        };
+        receipts.push(receipt);
+    }
+    ledger::insert(conn, &postings, now_ms).await?;
+    Ok(receipts)
+}
+
+fn own_receipt(d: &Decision) -> Receipt {
+    if d.is_rejected() {
+        Receipt {
+            status: Verdict::Rejected,
+            conversion_id: Some(d.conversion_id.clone()),
+            reasons: d.rejections.iter().chain(&d.flags).cloned().collect(),
+        }
+    } else {
+        Receipt {
+            status: Verdict::Accepted,
+            conversion_id: Some(d.conversion_id.clone()),
+            reasons: d.flags.clone(),
+        }
+    }
+}
+
+/// Inserts the decisions as new conversion rows; returns the ids that were inserted.
+async fn insert_new(
+    conn: &mut SqliteConnection,
+    decisions: &[&Decision],
+    now_ms: i64,
+) -> Result<HashSet<String>, StoreError> {
+    let mut inserted = HashSet::with_capacity(decisions.len());
+    for chunk in decisions.chunks(INSERT_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO conversions (id, created_at, updated_at, source, source_event_id,
+                advertiser_id, offer_id, affiliate_id, goal, click_id, clicked_at, transaction_id,
+                status, decision, reasons, amount_minor, currency, fx_rate, network_currency,
+                network_amount_minor, payout_minor, revenue_minor, occurred_at, attributes,
+                txn_key, click_goal_key) ",
+        );
+        let mut encode_error = None;
+        qb.push_values(chunk, |mut b, d| {
+            let reasons: Vec<&Reason> = d.rejections.iter().chain(&d.flags).collect();
+            let (reasons, attributes) = match (
+                serde_json::to_string(&reasons),
+                serde_json::to_string(&d.attributes),
+            ) {
+                (Ok(r), Ok(a)) => (r, a),
+                (Err(e), _) | (_, Err(e)) => {
+                    encode_error = Some(e);
+                    (String::new(), String::new())
+                }
+            };
+            let status = if d.is_rejected() {
+                Status::Rejected
+            } else {
+                d.status
+            };
+            let a = d.amounts;
+            let keys = d.holds_dedupe_keys();
+            b.push_bind(d.conversion_id.clone())
+                .push_bind(now_ms)
+                .push_bind(now_ms)
+                .push_bind(d.source.clone())
+                .push_bind(d.source_event_id.clone())
+                .push_bind(d.advertiser_id)
+                .push_bind(d.offer_id)
+                .push_bind(d.affiliate_id)
+                .push_bind(d.goal.clone())
+                .push_bind(d.click_id.clone())
+                .push_bind(d.clicked_at.map(|t| t.timestamp_millis()))
+                .push_bind(d.transaction_id.clone())
+                .push_bind(status.as_str())
+                .push_bind(if d.is_rejected() {
+                    "rejected"
+                } else {
+                    "accepted"
+                })
+                .push_bind(reasons)
+                .push_bind(a.map(|a| a.amount.minor))
+                .push_bind(a.map(|a| a.amount.currency.code()))
+                .push_bind(a.map(|a| a.fx_rate.to_string()))
+                .push_bind(a.map(|a| a.network_amount.currency.code()))
+                .push_bind(a.map(|a| a.network_amount.minor))
+                .push_bind(a.map(|a| a.payout.minor))
+                .push_bind(a.map(|a| a.revenue.minor))
+                .push_bind(d.occurred_at.map(|t| t.timestamp_millis()))
+                .push_bind(attributes)
+                .push_bind(d.txn_key.clone().filter(|_| keys))
+                .push_bind(d.click_goal_key.clone().filter(|_| keys));
+        });
+        if let Some(e) = encode_error {
+            return Err(e.into());
+        }
+        qb.push(" ON CONFLICT DO NOTHING RETURNING id");
+        for row in qb.build().fetch_all(&mut *conn).await? {
+            inserted.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    Ok(inserted)
+}
+
+/// The conversion an incoming decision collides with.
+struct Existing {
+    id: String,
+    status: Status,
+    rejected: bool,
+    advertiser_key: Option<String>,
+    affiliate_key: Option<String>,
+    payout_minor: Option<i64>,
+    revenue_minor: Option<i64>,
+    network_currency: Option<String>,
+    by: ReasonCode,
+}
+
+const EXISTING_SELECT: &str = "SELECT c.id, c.status, c.decision, c.payout_minor, c.revenue_minor,
+        c.network_currency, adv.key AS advertiser_key, aff.key AS affiliate_key
+    FROM conversions c
+    LEFT JOIN advertisers adv ON adv.id = c.advertiser_id
+    LEFT JOIN affiliates aff ON aff.id = c.affiliate_id";
+
+async fn find_existing(
+    conn: &mut SqliteConnection,
+    d: &Decision,
+) -> Result<Option<Existing>, StoreError> {
+    let mut lookups: Vec<(String, String, ReasonCode)> = Vec::new();
+    if let Some(k) = &d.txn_key {
+        lookups.push((
+            format!("{EXISTING_SELECT} WHERE c.txn_key = $1"),
+            k.clone(),
+            ReasonCode::DuplicateTransaction,
+        ));
+    }
+    if let Some(k) = &d.click_goal_key {
+        lookups.push((
+            format!("{EXISTING_SELECT} WHERE c.click_goal_key = $1"),
+            k.clone(),
+            ReasonCode::DuplicateClickGoal,
+        ));
+    }
+    for (sql, key, by) in lookups {
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(row) = row {
+            let status: String = row.try_get("status")?;
+            return Ok(Some(Existing {
+                id: row.try_get("id")?,
+                status: Status::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("conversion status {status}")))?,
+                rejected: row.try_get::<String, _>("decision")? == "rejected",
+                advertiser_key: row.try_get("advertiser_key")?,
+                affiliate_key: row.try_get("affiliate_key")?,
+                payout_minor: row.try_get("payout_minor")?,
+                revenue_minor: row.try_get("revenue_minor")?,
+                network_currency: row.try_get("network_currency")?,
+                by,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The slow path: a decision that collided with an earlier conversion, or a reversal.
+async fn resolve_existing(
+    conn: &mut SqliteConnection,
+    d: &Decision,
+    now_ms: i64,
+) -> Result<Receipt, StoreError> {
+    let Some(e) = find_existing(conn, d).await? else {
+        if d.status == Status::Reversed {
+            // Record the unmatched reversal so it is not lost; it holds no dedupe key, so
+            // the conversion it refers to can still arrive (out-of-order delivery).
+            let mut unmatched = d.clone();
+            unmatched.txn_key = None;
+            unmatched.click_goal_key = None;
+            unmatched.rejections.push(Reason::new(
+                ReasonCode::UnknownTransaction,
+                "no conversion matches this reversal's transaction or click",
+            ));
+            insert_new(conn, &[&unmatched], now_ms).await?;
+            return Ok(own_receipt(&unmatched));
+        }
+        return Err(StoreError::Corrupt(format!(
+            "conversion {} collided on no known key",
+            d.conversion_id
+        )));
+    };
+
+    let duplicate = |e: &Existing| Receipt {
+        status: Verdict::Duplicate,
+        conversion_id: Some(e.id.clone()),
+        reasons: vec![Reason::new(
+            e.by,
+            match e.by {
+                ReasonCode::DuplicateTransaction => {
+                    "this transaction was already recorded for the offer"
+                }
+                _ => "this click already converted on this goal",
+            },
+        )],
+    };
+    // Time-based rejections do not apply to a status update of a conversion that already
+    // passed them (an approval may come after the conversion window closed).
+    let structural_rejection = d.rejections.iter().any(|r| !TIME_RULES.contains(&r.code));
+    if e.rejected || structural_rejection || d.status == e.status {
+        return Ok(duplicate(&e));
+    }
+
+    match (e.status, d.status) {
+        (Status::Pending, Status::Approved) => {
+            let (payout, revenue, currency, amount) = match (d.amount_reported, d.amounts) {
+                (true, Some(a)) => (
+                    Some(a.payout.minor),
+                    Some(a.revenue.minor),
+                    Some(a.payout.currency.code().to_owned()),
+                    Some(a),
+                ),
+                _ => (
+                    e.payout_minor,
+                    e.revenue_minor,
+                    e.network_currency.clone(),
+                    None,
+                ),
+            };
+            sqlx::query(
+                "UPDATE conversions SET status = 'approved', updated_at = $2,
+                    payout_minor = $3, revenue_minor = $4,
+                    amount_minor = COALESCE($5, amount_minor), currency = COALESCE($6, currency),
+                    fx_rate = COALESCE($7, fx_rate),
+                    network_amount_minor = COALESCE($8, network_amount_minor)
+                 WHERE id = $1",
+            )
+            .bind(&e.id)
+            .bind(now_ms)
+            .bind(payout)
+            .bind(revenue)
+            .bind(amount.map(|a| a.amount.minor))
+            .bind(amount.map(|a| a.amount.currency.code()))
+            .bind(amount.map(|a| a.fx_rate.to_string()))
+            .bind(amount.map(|a| a.network_amount.minor))
+            .execute(&mut *conn)
+            .await?;
+            if let (Some(p), Some(r), Some(c), Some(adv), Some(aff)) = (
+                payout,
+                revenue,
+                currency.and_then(|c| crate::domain::Currency::parse(&c).ok()),
+                e.advertiser_key.as_deref(),
+                e.affiliate_key.as_deref(),
+            ) {
+                let lines = ledger::conversion_postings(
+                    &e.id,
+                    adv,
+                    aff,
+                    crate::domain::Money::from_minor(p, c),
+                    crate::domain::Money::from_minor(r, c),
+                );
+                ledger::insert(conn, &lines, now_ms).await?;
+            }
+            Ok(transitioned(&e))
+        }
+        (Status::Pending, Status::Rejected) | (Status::Pending, Status::Reversed) => {
+            set_status(conn, &e.id, d.status, now_ms).await?;
+            Ok(transitioned(&e))
+        }
+        (Status::Approved, Status::Reversed) => {
+            set_status(conn, &e.id, Status::Reversed, now_ms).await?;
+            let lines = ledger::reversal_postings(conn, &e.id).await?;
+            ledger::insert(conn, &lines, now_ms).await?;
+            Ok(transitioned(&e))
+        }
+        (from, to) => Ok(Receipt {
+            status: Verdict::Rejected,
+            conversion_id: Some(e.id.clone()),
+            reasons: vec![Reason::new(
+                ReasonCode::InvalidTransition,
+                format!(
+                    "conversion {} is {}; it cannot become {}",
+                    e.id,
+                    from.as_str(),
+                    to.as_str()
+                ),
+            )],
+        }),
+    }
+}
+
+fn transitioned(e: &Existing) -> Receipt {
+    Receipt {
+        status: Verdict::Accepted,
+        conversion_id: Some(e.id.clone()),
+        reasons: Vec::new(),
+    }
+}
+
+async fn set_status(
+    conn: &mut SqliteConnection,
+    id: &str,
+    status: Status,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE conversions SET status = $2, updated_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(status.as_str())
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

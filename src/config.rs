@@ -1,0 +1,904 @@
+//! Settings: a TOML file, `${ENV}` interpolation, environment overrides, validated at load.
+//!
+//! Input: the path of a TOML file (`--config`, `POSTGATE_CONFIG`, default `postgate.toml`).
+//! Output: [`Settings`], every value checked (currencies, URLs, amounts, references between
+//! offers, advertisers and goals), or a [`ConfigError`] that names the file, the line or the
+//! key, and the reason. Any string value may say `${NAME}` or `${NAME:-default}`; a missing
+//! variable without a default is an error, never an empty string. `POSTGATE_LISTEN`,
+//! `POSTGATE_DATABASE_URL` and `POSTGATE_ADMIN_TOKEN` override the file.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::domain::{Currency, Money};
+
+/// Why the configuration cannot be used. Start-up stops with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// Everything `postgate serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub path: PathBuf,
+    pub server: ServerSettings,
+    pub network_currency: Currency,
+    /// Units of the network currency per one unit of the keyed currency.
+    pub fx_rates: HashMap<Currency, Decimal>,
+    pub click_ids: ClickIdSettings,
+    pub writer: WriterSettings,
+    pub advertisers: Vec<AdvertiserSpec>,
+    pub affiliates: Vec<AffiliateSpec>,
+    pub offers: Vec<OfferSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    /// Bearer token for `/api/v1`; without one the admin API answers 401 to everyone.
+    pub admin_token: Option<String>,
+    /// Header carrying the visitor's address when behind a trusted proxy (e.g. `x-forwarded-for`).
+    pub client_ip_header: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClickIdSettings {
+    /// Key id used for new click IDs; `None` with no keys = generate and persist one.
+    pub active: Option<u8>,
+    pub keys: Vec<(u8, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// Most work items committed in one transaction.
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdvertiserSpec {
+    pub key: String,
+    pub name: String,
+    pub token: String,
+    pub allow_networks: Vec<IpNet>,
+    /// Canonical parameter name -> extra names this advertiser sends it under.
+    pub aliases: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AffiliateSpec {
+    pub key: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferStatus {
+    Active,
+    Paused,
+}
+
+impl OfferStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Paused => "paused",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "paused" => Some(Self::Paused),
+            _ => None,
+        }
+    }
+}
+
+/// What to do with a conversion that came faster after its click than the offer allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LagAction {
+    Reject,
+    Flag,
+}
+
+impl LagAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reject => "reject",
+            Self::Flag => "flag",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reject" => Some(Self::Reject),
+            "flag" => Some(Self::Flag),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OfferSpec {
+    pub key: String,
+    pub name: String,
+    pub advertiser: String,
+    pub landing_url: String,
+    pub fallback_url: Option<String>,
+    pub status: OfferStatus,
+    pub currency: Currency,
+    pub default_goal: String,
+    pub min_lag_seconds: i64,
+    pub lag_action: LagAction,
+    pub window_seconds: i64,
+    pub goals: Vec<GoalSpec>,
+}
+
+/// How a payout or revenue is computed from a conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmountRule {
+    /// A fixed amount in the offer's currency.
+    Fixed(Money),
+    /// A percentage of the conversion amount (revshare).
+    Percent(Decimal),
+}
+
+impl AmountRule {
+    /// `("fixed", "15.00")` / `("percent", "12.5")`, as stored in the database.
+    pub fn to_parts(self) -> (&'static str, String) {
+        match self {
+            Self::Fixed(m) => ("fixed", m.to_decimal().to_string()),
+            Self::Percent(p) => ("percent", p.to_string()),
+        }
+    }
+
+    pub fn from_parts(kind: &str, value: &str, currency: Currency) -> Result<Self, String> {
+        match kind {
+            "fixed" => Money::parse(value, currency)
+                .map(Self::Fixed)
+                .map_err(|e| e.to_string()),
+            "percent" => {
+                let p = Decimal::from_str(value.trim())
+                    .map_err(|_| format!("percent {value:?} is not a decimal"))?;
+                if p.is_sign_negative() || p > Decimal::from(1000) {
+                    return Err(format!("percent {value} must be between 0 and 1000"));
+                }
+                Ok(Self::Percent(p))
+            }
+            other => Err(format!("unknown rule {other:?}; use fixed or percent")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GoalSpec {
+    pub name: String,
+    pub payout: AmountRule,
+    pub revenue: AmountRule,
+    pub allow_repeats: bool,
+}
+
+/// Canonical postback parameter names an advertiser may alias.
+pub const POSTBACK_PARAMS: &[&str] = &[
+    "click_id",
+    "payout",
+    "currency",
+    "transaction_id",
+    "goal",
+    "status",
+    "token",
+];
+
+// ---- the file as written -------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    network: RawNetwork,
+    #[serde(default)]
+    fx: BTreeMap<String, String>,
+    #[serde(default)]
+    click_ids: RawClickIds,
+    #[serde(default)]
+    writer: RawWriter,
+    #[serde(default)]
+    advertisers: Vec<RawAdvertiser>,
+    #[serde(default)]
+    affiliates: Vec<RawAffiliate>,
+    #[serde(default)]
+    offers: Vec<RawOffer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    database_url: Option<String>,
+    admin_token: Option<String>,
+    client_ip_header: Option<String>,
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    currency: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClickIds {
+    active: Option<u8>,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: u8,
+    /// Base64 (standard or URL-safe) of at least 32 random bytes.
+    secret: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWriter {
+    max_batch: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdvertiser {
+    id: String,
+    name: Option<String>,
+    token: String,
+    #[serde(default)]
+    allow_ips: Vec<String>,
+    #[serde(default)]
+    aliases: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAffiliate {
+    id: String,
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOffer {
+    id: String,
+    name: Option<String>,
+    advertiser: String,
+    landing_url: String,
+    fallback_url: Option<String>,
+    status: Option<String>,
+    currency: Option<String>,
+    default_goal: Option<String>,
+    #[serde(default)]
+    min_lag_seconds: i64,
+    lag_action: Option<String>,
+    conversion_window_days: Option<i64>,
+    #[serde(default)]
+    goals: Vec<RawGoal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGoal {
+    name: String,
+    payout: BTreeMap<String, String>,
+    revenue: BTreeMap<String, String>,
+    #[serde(default)]
+    allow_repeats: bool,
+}
+
+/// Tokens an offer's landing or fallback URL may contain.
+pub const LANDING_TOKENS: &[&str] = &[
+    "click_id",
+    "offer_id",
+    "affiliate_id",
+    "sub1",
+    "sub2",
+    "sub3",
+    "sub4",
+    "sub5",
+];
+
+impl Settings {
+    /// Reads, interpolates, overrides from the environment and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Settings::load`] but with the text and the environment given, for tests.
+    pub fn from_toml(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        // First pass on the text as written, for errors with line numbers.
+        toml::from_str::<RawFile>(text).map_err(|e| parse_err(e.to_string()))?;
+        // Second pass after interpolating every string value.
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        for (key, value) in table.iter_mut() {
+            interpolate(key, value, env).map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message,
+            })?;
+        }
+        let raw: RawFile = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        validate(path, raw, env)
+    }
+}
+
+fn interpolate(
+    key: &str,
+    value: &mut toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), (String, String)> {
+    match value {
+        toml::Value::String(s) => {
+            *s = expand(s, env).map_err(|m| (key.to_owned(), m))?;
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate(&format!("{key}[{i}]"), item, env)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                interpolate(&format!("{key}.{k}"), v, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Expands `${NAME}` and `${NAME:-default}`; `$$` is a literal `$`.
+pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unclosed ${{ in {text:?}"))?;
+            let inner = &body[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!("invalid variable name {name:?}"));
+            }
+            match (env(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write ${{{name}:-default}} for a default)"
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn validate(
+    path: &Path,
+    raw: RawFile,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let invalid = |key: String, message: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        key,
+        message,
+    };
+
+    let listen_text = env("POSTGATE_LISTEN")
+        .or(raw.server.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let listen = SocketAddr::from_str(&listen_text).map_err(|e| {
+        invalid(
+            "server.listen".into(),
+            format!("{listen_text:?} is not host:port: {e}"),
+        )
+    })?;
+    let database_url = env("POSTGATE_DATABASE_URL")
+        .or(raw.server.database_url)
+        .unwrap_or_else(|| "sqlite://data/postgate.db".to_owned());
+    if !database_url.starts_with("sqlite:") {
+        return Err(invalid(
+            "server.database_url".into(),
+            format!("{database_url:?}: only sqlite: URLs are supported by this build"),
+        ));
+    }
+    let admin_token = env("POSTGATE_ADMIN_TOKEN")
+        .or(raw.server.admin_token)
+        .filter(|t| !t.is_empty());
+    if let Some(t) = &admin_token
+        && t.len() < 12
+    {
+        return Err(invalid(
+            "server.admin_token".into(),
+            "must be at least 12 characters".into(),
+        ));
+    }
+    let server = ServerSettings {
+        listen,
+        database_url,
+        admin_token,
+        client_ip_header: raw.server.client_ip_header.map(|h| h.to_ascii_lowercase()),
+        max_body_bytes: raw.server.max_body_bytes.unwrap_or(1024 * 1024),
+    };
+
+    let network_code = raw.network.currency.unwrap_or_else(|| "USD".to_owned());
+    let network_currency = Currency::parse(&network_code)
+        .map_err(|e| invalid("network.currency".into(), e.to_string()))?;
+
+    let mut fx_rates = HashMap::new();
+    fx_rates.insert(network_currency, Decimal::ONE);
+    for (code, rate) in raw.fx {
+        let key = format!("fx.{code}");
+        let currency = Currency::parse(&code).map_err(|e| invalid(key.clone(), e.to_string()))?;
+        let rate = Decimal::from_str(rate.trim())
+            .ok()
+            .filter(|r| r.is_sign_positive() && !r.is_zero())
+            .ok_or_else(|| invalid(key.clone(), format!("{rate:?} is not a positive decimal")))?;
+        if currency == network_currency && rate != Decimal::ONE {
+            return Err(invalid(key, "the network currency's rate is 1".into()));
+        }
+        fx_rates.insert(currency, rate);
+    }
+
+    let mut keys = Vec::new();
+    for (i, k) in raw.click_ids.keys.iter().enumerate() {
+        let secret = decode_base64(k.secret.trim()).ok_or_else(|| {
+            invalid(
+                format!("click_ids.keys[{i}].secret"),
+                "must be base64 (generate one with `openssl rand -base64 32`)".into(),
+            )
+        })?;
+        if secret.len() < crate::domain::click_id::MIN_KEY_LEN {
+            return Err(invalid(
+                format!("click_ids.keys[{i}].secret"),
+                format!(
+                    "{} bytes; at least {} are required",
+                    secret.len(),
+                    crate::domain::click_id::MIN_KEY_LEN
+                ),
+            ));
+        }
+        keys.push((k.id, secret));
+    }
+    let active = match (raw.click_ids.active, keys.as_slice()) {
+        (Some(a), _) if keys.iter().any(|(id, _)| *id == a) => Some(a),
+        (Some(a), []) => {
+            return Err(invalid(
+                "click_ids.active".into(),
+                format!("key {a} is not declared"),
+            ));
+        }
+        (Some(a), _) => {
+            return Err(invalid(
+                "click_ids.active".into(),
+                format!("key {a} is not among click_ids.keys"),
+            ));
+        }
+        (None, [only]) => Some(only.0),
+        (None, []) => None,
+        (None, _) => {
+            return Err(invalid(
+                "click_ids.active".into(),
+                "several keys are declared; name the active one".into(),
+            ));
+        }
+    };
+
+    let max_batch = raw.writer.max_batch.unwrap_or(512);
+    if !(1..=10_000).contains(&max_batch) {
+        return Err(invalid(
+            "writer.max_batch".into(),
+            "must be between 1 and 10000".into(),
+        ));
+    }
+
+    let mut advertisers = Vec::new();
+    let mut seen = HashSet::new();
+    let mut tokens = HashSet::new();
+    for (i, a) in raw.advertisers.into_iter().enumerate() {
+        let key = format!("advertisers[{i}]");
+        check_key(&a.id).map_err(|m| invalid(format!("{key}.id"), m))?;
+        if !seen.insert(a.id.clone()) {
+            return Err(invalid(
+                format!("{key}.id"),
+                format!("duplicate id {:?}", a.id),
+            ));
+        }
+        if a.token.len() < 8 {
+            return Err(invalid(
+                format!("{key}.token"),
+                "must be at least 8 characters".into(),
+            ));
+        }
+        if !tokens.insert(a.token.clone()) {
+            return Err(invalid(
+                format!("{key}.token"),
+                "another advertiser already uses this token".into(),
+            ));
+        }
+        let mut allow_networks = Vec::new();
+        for (j, net) in a.allow_ips.iter().enumerate() {
+            allow_networks.push(parse_network(net).ok_or_else(|| {
+                invalid(
+                    format!("{key}.allow_ips[{j}]"),
+                    format!("{net:?} is not an IP address or CIDR network"),
+                )
+            })?);
+        }
+        for (param, names) in &a.aliases {
+            if !POSTBACK_PARAMS.contains(&param.as_str()) {
+                return Err(invalid(
+                    format!("{key}.aliases.{param}"),
+                    format!("unknown parameter; one of {}", POSTBACK_PARAMS.join(", ")),
+                ));
+            }
+            if names.iter().any(|n| n.is_empty()) {
+                return Err(invalid(
+                    format!("{key}.aliases.{param}"),
+                    "empty alias".into(),
+                ));
+            }
+        }
+        advertisers.push(AdvertiserSpec {
+            name: a.name.unwrap_or_else(|| a.id.clone()),
+            key: a.id,
+            token: a.token,
+            allow_networks,
+            aliases: a.aliases,
+        });
+    }
+
+    let mut affiliates = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, a) in raw.affiliates.into_iter().enumerate() {
+        check_key(&a.id).map_err(|m| invalid(format!("affiliates[{i}].id"), m))?;
+        if !seen.insert(a.id.clone()) {
+            return Err(invalid(
+                format!("affiliates[{i}].id"),
+                format!("duplicate id {:?}", a.id),
+            ));
+        }
+        affiliates.push(AffiliateSpec {
+            name: a.name.unwrap_or_else(|| a.id.clone()),
+            key: a.id,
+        });
+    }
+
+    let mut offers = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, o) in raw.offers.into_iter().enumerate() {
+        let key = format!("offers[{i}]");
+        check_key(&o.id).map_err(|m| invalid(format!("{key}.id"), m))?;
+        if !seen.insert(o.id.clone()) {
+            return Err(invalid(
+                format!("{key}.id"),
+                format!("duplicate id {:?}", o.id),
+            ));
+        }
+        if !advertisers.iter().any(|a| a.key == o.advertiser) {
+            return Err(invalid(
+                format!("{key}.advertiser"),
+                format!("no advertiser {:?} is declared", o.advertiser),
+            ));
+        }
+        check_landing_url(&o.landing_url).map_err(|m| invalid(format!("{key}.landing_url"), m))?;
+        if let Some(f) = &o.fallback_url {
+            check_landing_url(f).map_err(|m| invalid(format!("{key}.fallback_url"), m))?;
+        }
+        let status = match o.status.as_deref() {
+            None => OfferStatus::Active,
+            Some(s) => OfferStatus::parse(s).ok_or_else(|| {
+                invalid(
+                    format!("{key}.status"),
+                    format!("{s:?}: use active or paused"),
+                )
+            })?,
+        };
+        let currency = match o.currency.as_deref() {
+            None => network_currency,
+            Some(c) => {
+                Currency::parse(c).map_err(|e| invalid(format!("{key}.currency"), e.to_string()))?
+            }
+        };
+        if !fx_rates.contains_key(&currency) {
+            return Err(invalid(
+                format!("{key}.currency"),
+                format!("no fx rate for {currency} into {network_currency}"),
+            ));
+        }
+        let lag_action = match o.lag_action.as_deref() {
+            None => LagAction::Reject,
+            Some(s) => LagAction::parse(s).ok_or_else(|| {
+                invalid(
+                    format!("{key}.lag_action"),
+                    format!("{s:?}: use reject or flag"),
+                )
+            })?,
+        };
+        if o.min_lag_seconds < 0 {
+            return Err(invalid(
+                format!("{key}.min_lag_seconds"),
+                "must not be negative".into(),
+            ));
+        }
+        let window_days = o.conversion_window_days.unwrap_or(30);
+        if !(1..=3650).contains(&window_days) {
+            return Err(invalid(
+                format!("{key}.conversion_window_days"),
+                "must be between 1 and 3650".into(),
+            ));
+        }
+        if o.goals.is_empty() {
+            return Err(invalid(
+                format!("{key}.goals"),
+                "an offer needs at least one goal".into(),
+            ));
+        }
+        let mut goals = Vec::new();
+        let mut goal_names = HashSet::new();
+        for (j, g) in o.goals.into_iter().enumerate() {
+            let gkey = format!("{key}.goals[{j}]");
+            check_key(&g.name).map_err(|m| invalid(format!("{gkey}.name"), m))?;
+            if !goal_names.insert(g.name.clone()) {
+                return Err(invalid(
+                    format!("{gkey}.name"),
+                    format!("duplicate goal {:?}", g.name),
+                ));
+            }
+            let payout =
+                rule(&g.payout, currency).map_err(|m| invalid(format!("{gkey}.payout"), m))?;
+            let revenue =
+                rule(&g.revenue, currency).map_err(|m| invalid(format!("{gkey}.revenue"), m))?;
+            goals.push(GoalSpec {
+                name: g.name,
+                payout,
+                revenue,
+                allow_repeats: g.allow_repeats,
+            });
+        }
+        let default_goal = o.default_goal.unwrap_or_else(|| goals[0].name.clone());
+        if !goals.iter().any(|g| g.name == default_goal) {
+            return Err(invalid(
+                format!("{key}.default_goal"),
+                format!("{default_goal:?} is not one of the offer's goals"),
+            ));
+        }
+        offers.push(OfferSpec {
+            name: o.name.unwrap_or_else(|| o.id.clone()),
+            key: o.id,
+            advertiser: o.advertiser,
+            landing_url: o.landing_url,
+            fallback_url: o.fallback_url,
+            status,
+            currency,
+            default_goal,
+            min_lag_seconds: o.min_lag_seconds,
+            lag_action,
+            window_seconds: window_days * 86_400,
+            goals,
+        });
+    }
+
+    Ok(Settings {
+        path: path.to_owned(),
+        server,
+        network_currency,
+        fx_rates,
+        click_ids: ClickIdSettings { active, keys },
+        writer: WriterSettings { max_batch },
+        advertisers,
+        affiliates,
+        offers,
+    })
+}
+
+fn rule(table: &BTreeMap<String, String>, currency: Currency) -> Result<AmountRule, String> {
+    let mut entries = table.iter();
+    match (entries.next(), entries.next()) {
+        (Some((kind, value)), None) => AmountRule::from_parts(kind, value, currency),
+        _ => Err(r#"write exactly one of { fixed = "15.00" } or { percent = "100" }"#.into()),
+    }
+}
+
+/// Ids appear in URLs (`/c/{offer}`, `?aff=`): keep them to a safe alphabet.
+fn check_key(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key:?}: 1-64 characters of letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// Landing URLs are absolute http(s) URLs whose `{tokens}` are all known.
+pub fn check_landing_url(template: &str) -> Result<(), String> {
+    let mut probe = template.to_owned();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed '{{' in {template:?}"))?;
+        let token = &after[..end];
+        if !LANDING_TOKENS.contains(&token) {
+            return Err(format!(
+                "unknown token {{{token}}}; known: {}",
+                LANDING_TOKENS
+                    .iter()
+                    .map(|t| format!("{{{t}}}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+        probe = probe.replace(&format!("{{{token}}}"), "x");
+        rest = &after[end + 1..];
+    }
+    let url = url::Url::parse(&probe).map_err(|e| format!("{template:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{template:?} must be an absolute http(s) URL"));
+    }
+    Ok(())
+}
+
+fn parse_network(text: &str) -> Option<IpNet> {
+    let t = text.trim();
+    IpNet::from_str(t)
+        .ok()
+        .or_else(|| IpAddr::from_str(t).ok().map(IpNet::from))
+}
+
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+    STANDARD
+        .decode(text)
+        .or_else(|_| URL_SAFE.decode(text))
+        .or_else(|_| URL_SAFE_NO_PAD.decode(text))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn variables_expand_with_defaults_and_missing_ones_are_errors() {
+        let env = env_of(&[("A", "1"), ("EMPTY", "")]);
+        assert_eq!(expand("x${A}y", &env).as_deref(), Ok("x1y"));
+        assert_eq!(expand("${B:-dflt}", &env).as_deref(), Ok("dflt"));
+        assert_eq!(expand("${EMPTY:-d}", &env).as_deref(), Ok("d"));
+        assert_eq!(expand("$$5 and $x", &env).as_deref(), Ok("$5 and $x"));
+        assert!(
+            expand("${B}", &env)
+                .expect_err("must fail")
+                .contains("B is not set")
+        );
+        assert!(expand("${A", &env).is_err());
+    }
+
+    #[test]
+    fn the_shipped_demo_config_is_valid() {
+        let text = include_str!("../postgate.toml");
+        let settings = Settings::from_toml(Path::new("postgate.toml"), text, &|_| None)
+            .expect("demo config is valid");
+        assert_eq!(settings.offers[0].key, "demo");
+        assert_eq!(settings.offers[0].min_lag_seconds, 1);
+        assert_eq!(settings.offers[0].window_seconds, 30 * 86_400);
+        assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_fields_report_the_line() {
+        let err = Settings::from_toml(Path::new("p.toml"), "[server]\nlisen = \"x\"\n", &|_| None)
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.starts_with("p.toml: "), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn references_and_values_are_checked() {
+        let base = r#"
+[[advertisers]]
+id = "a"
+token = "abcdefgh"
+[[offers]]
+id = "o"
+advertiser = "ADV"
+landing_url = "https://x.example/?s={click_id}"
+[[offers.goals]]
+name = "g"
+payout = { fixed = "1.00" }
+revenue = { percent = "100" }
+"#;
+        let err = Settings::from_toml(Path::new("p.toml"), base, &|_| None)
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("offers[0].advertiser"), "{err}");
+        let bad_token = base.replace("ADV", "a").replace("{click_id}", "{clickid}");
+        let err = Settings::from_toml(Path::new("p.toml"), &bad_token, &|_| None)
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("unknown token {clickid}"), "{err}");
+        let bad_money = base.replace("ADV", "a").replace("1.00", "1.001");
+        let err = Settings::from_toml(Path::new("p.toml"), &bad_money, &|_| None)
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("goals[0].payout"), "{err}");
+    }
+}

@@ -1,0 +1,184 @@
+//! Domain types shared by every stage: click IDs, money, the canonical postback and the
+//! vocabulary of decisions. Nothing here does I/O.
+
+pub mod click_id;
+pub mod money;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+pub use click_id::{ClickClaims, ClickId, ClickIdError, ClickKeyRing};
+pub use money::{AmountError, Currency, Money};
+
+/// Lifecycle of a conversion as the source reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Approved,
+    Pending,
+    Rejected,
+    Reversed,
+}
+
+impl Status {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "approved" | "approve" | "1" => Some(Self::Approved),
+            "pending" | "hold" | "2" => Some(Self::Pending),
+            "rejected" | "reject" | "declined" | "3" => Some(Self::Rejected),
+            "reversed" | "reversal" | "refunded" | "chargeback" => Some(Self::Reversed),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approved => "approved",
+            Self::Pending => "pending",
+            Self::Rejected => "rejected",
+            Self::Reversed => "reversed",
+        }
+    }
+}
+
+/// The contract between the mapping stage and attribution: one conversion event, whatever
+/// its source. Built by the S2S postback parser or by a connector mapping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanonicalPostback {
+    /// Connector name; `postback` for the S2S endpoint.
+    pub source: String,
+    /// The source's delivery id, when it has one (the dedupe key for webhooks).
+    pub source_event_id: Option<String>,
+    /// Goal name; `None` means the offer's default goal.
+    pub event: Option<String>,
+    pub click_id: Option<String>,
+    /// Order / transaction id, kept as an exact string.
+    pub transaction_id: Option<String>,
+    pub status: Status,
+    /// Exact amount in `currency`.
+    pub amount: Option<Decimal>,
+    /// ISO 4217 code as sent; `None` means the offer's currency.
+    pub currency: Option<String>,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A reason attached to a decision: a stable machine code and a human sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    pub code: ReasonCode,
+    pub message: String,
+}
+
+impl Reason {
+    pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Stable, snake_case reason codes. Callers match on these; never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    BadToken,
+    IpNotAllowed,
+    MissingParameter,
+    InvalidParameter,
+    InvalidAmount,
+    MalformedClickId,
+    ForgedClickId,
+    UnknownOffer,
+    OfferNotOwned,
+    UnknownAffiliate,
+    UnknownGoal,
+    ClickExpired,
+    ClickInFuture,
+    LagTooShort,
+    DuplicateClickGoal,
+    DuplicateTransaction,
+    UnsupportedCurrency,
+    UnknownTransaction,
+    InvalidTransition,
+    OfferPaused,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    Unauthorized,
+    NotFound,
+    StorageUnavailable,
+    Internal,
+}
+
+impl ReasonCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadToken => "bad_token",
+            Self::IpNotAllowed => "ip_not_allowed",
+            Self::MissingParameter => "missing_parameter",
+            Self::InvalidParameter => "invalid_parameter",
+            Self::InvalidAmount => "invalid_amount",
+            Self::MalformedClickId => "malformed_click_id",
+            Self::ForgedClickId => "forged_click_id",
+            Self::UnknownOffer => "unknown_offer",
+            Self::OfferNotOwned => "offer_not_owned",
+            Self::UnknownAffiliate => "unknown_affiliate",
+            Self::UnknownGoal => "unknown_goal",
+            Self::ClickExpired => "click_expired",
+            Self::ClickInFuture => "click_in_future",
+            Self::LagTooShort => "lag_too_short",
+            Self::DuplicateClickGoal => "duplicate_click_goal",
+            Self::DuplicateTransaction => "duplicate_transaction",
+            Self::UnsupportedCurrency => "unsupported_currency",
+            Self::UnknownTransaction => "unknown_transaction",
+            Self::InvalidTransition => "invalid_transition",
+            Self::OfferPaused => "offer_paused",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::StorageUnavailable => "storage_unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// What postgate decided about one incoming conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Accepted,
+    Duplicate,
+    Rejected,
+}
+
+/// The answer for one conversion, after its transaction committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    pub status: Verdict,
+    pub conversion_id: Option<String>,
+    pub reasons: Vec<Reason>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_codes_serialise_as_their_stable_names() {
+        for code in [
+            ReasonCode::BadToken,
+            ReasonCode::MalformedClickId,
+            ReasonCode::DuplicateClickGoal,
+            ReasonCode::LagTooShort,
+            ReasonCode::UnsupportedCurrency,
+        ] {
+            let json = serde_json::to_string(&code).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The HTTP surface, and the only module that knows axum.
+//!
+//! Handlers extract what the request carries (raw query, body bytes, peer address) and hand
+//! it to the [`Pipeline`]; they decide nothing. Every answer that is not a redirect is a JSON
+//! receipt with a stable reason code. Request logs carry the method and path only: the query
+//! string of `/postback` holds the advertiser's token and must never reach a log.
+
+mod error;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::domain::{ReasonCode, Receipt};
+use crate::pipeline::{ClickRequest, Pipeline};
+use crate::s2s::Params;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pipeline: Pipeline,
+    pub admin_token: Option<Arc<str>>,
+    pub client_ip_header: Option<Arc<str>>,
+    pub max_body_bytes: usize,
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/c/{offer}", get(click))
+        .route("/postback", get(postback).post(postback))
+        .route("/api/v1/conversions", get(list_conversions))
+        .route("/api/v1/conversions/{id}", get(get_conversion))
+        .route("/api/v1/ledger/balances", get(balances))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .with_state(state)
+}
+
+fn client_ip(
+    state: &AppState,
+    headers: &HeaderMap,
+    req_peer: Option<SocketAddr>,
+) -> Option<IpAddr> {
+    if let Some(name) = state.client_ip_header.as_deref()
+        && let Some(ip) = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(ip);
+    }
+    req_peer.map(|p| p.ip())
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName, max: usize) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(max).collect())
+}
+
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn click(
+    State(state): State<AppState>,
+    Path(offer): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let headers = req.headers();
+    let mut click = ClickRequest {
+        offer_key: offer,
+        ip: client_ip(&state, headers, peer),
+        user_agent: header_text(headers, header::USER_AGENT, 512),
+        referrer: header_text(headers, header::REFERER, 1024),
+        ..ClickRequest::default()
+    };
+    for (k, v) in query_pairs(req.uri().query()) {
+        let v: String = v.chars().take(255).collect();
+        match k.as_str() {
+            "aff" | "affiliate_id" => click.affiliate_key.get_or_insert(v),
+            "sub1" => click.subs[0].get_or_insert(v),
+            "sub2" => click.subs[1].get_or_insert(v),
+            "sub3" => click.subs[2].get_or_insert(v),
+            "sub4" => click.subs[3].get_or_insert(v),
+            "sub5" => click.subs[4].get_or_insert(v),
+            _ => continue,
+        };
+    }
+    let redirect = state.pipeline.click(click).await?;
+    let location = HeaderValue::from_str(&redirect.location).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ReasonCode::Internal,
+            "landing URL is not a valid header",
+        )
+    })?;
+    Ok((
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+        ],
+    )
+        .into_response())
+}
+
+async fn postback(State(state): State<AppState>, req: Request) -> Result<Json<Receipt>, ApiError> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ip = client_ip(&state, req.headers(), peer);
+    let mut params = Params::from_pairs(query_pairs(req.uri().query()));
+    if req.method() == Method::POST {
+        let content_type =
+            header_text(req.headers(), header::CONTENT_TYPE, 200).unwrap_or_default();
+        let body = read_body(req.into_body(), state.max_body_bytes).await?;
+        params.merge(body_params(&content_type, &body)?);
+    }
+    let receipt = state.pipeline.postback(&params, ip).await?;
+    Ok(Json(receipt))
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ReasonCode::PayloadTooLarge,
+                format!("request body exceeds {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ReasonCode::InvalidParameter,
+                "request body could not be read",
+            )
+        }
+    })
+}
+
+/// Parameters from a form or JSON body. Empty bodies carry none.
+fn body_params(content_type: &str, body: &[u8]) -> Result<Params, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Params::default());
+    }
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-www-form-urlencoded" | "" => Ok(Params::from_pairs(
+            url::form_urlencoded::parse(body).into_owned(),
+        )),
+        "application/json" => {
+            let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ReasonCode::InvalidParameter,
+                    format!("body is not valid JSON: {e}"),
+                )
+            })?;
+            let serde_json::Value::Object(map) = value else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ReasonCode::InvalidParameter,
+                    "JSON body must be an object of parameters",
+                ));
+            };
+            Ok(Params::from_pairs(map.into_iter().filter_map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s,
+                    // arbitrary_precision: the number's text exactly as sent, no f64.
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::Bool(b) => b.to_string(),
+                    serde_json::Value::Null => return None,
+                    other => other.to_string(),
+                };
+                Some((k, text))
+            })))
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ReasonCode::UnsupportedMediaType,
+            format!("content type {other:?}; send a query string, a form or JSON"),
+        )),
+    }
+}
+
+/// Proof that the request carried the admin bearer token.
+struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let unauthorized = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ReasonCode::Unauthorized,
+                "a valid admin bearer token is required",
+            )
+        };
+        let expected = state.admin_token.as_deref().ok_or_else(unauthorized)?;
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(unauthorized)?;
+        if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(Admin)
+        } else {
+            Err(unauthorized())
+        }
+    }
+}
+
+async fn get_conversion(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.pipeline.store.conversion(&id).await? {
+        Some(c) => Ok(Json(c).into_response()),
+        None => Err(ApiError::not_found(format!("no conversion {id}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct ConversionFilter {
+    click_id: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_conversions(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(filter): Query<ConversionFilter>,
+) -> Result<Response, ApiError> {
+    let Some(click_id) = filter.click_id else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ReasonCode::MissingParameter,
+            "filter by click_id",
+        ));
+    };
+    let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    let list = state
+        .pipeline
+        .store
+        .conversions_by_click(&click_id, limit)
+        .await?;
+    Ok(Json(serde_json::json!({ "conversions": list })).into_response())
+}
+
+async fn balances(_: Admin, State(state): State<AppState>) -> Result<Response, ApiError> {
+    let balances = state.pipeline.store.balances().await?;
+    Ok(Json(serde_json::json!({ "balances": balances })).into_response())
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.pipeline.store.ready().await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}

@@ -1,0 +1,198 @@
+//! The double-entry payout ledger.
+//!
+//! Postings are append-only rows `(conversion, kind, account, currency, amount)`, debit
+//! positive and credit negative, written in the same transaction as the conversion they
+//! belong to. Every conversion's postings sum to zero per currency; a reversal appends the
+//! negation of what the conversion posted. Balances are sums over postings, never stored.
+//!
+//! Accounts: `advertiser:<id>:receivable` (what the advertiser owes the network),
+//! `affiliate:<id>:payable` (what the network owes the affiliate) and `network:margin`.
+
+use serde::Serialize;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use crate::domain::{Currency, Money};
+use crate::store::StoreError;
+
+/// Why postings exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostingKind {
+    Conversion,
+    Reversal,
+}
+
+impl PostingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Conversion => "conversion",
+            Self::Reversal => "reversal",
+        }
+    }
+}
+
+/// One ledger line, not yet written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posting {
+    pub conversion_id: String,
+    pub kind: PostingKind,
+    pub account: String,
+    pub currency: String,
+    pub amount_minor: i64,
+}
+
+pub fn advertiser_account(key: &str) -> String {
+    format!("advertiser:{key}:receivable")
+}
+
+pub fn affiliate_account(key: &str) -> String {
+    format!("affiliate:{key}:payable")
+}
+
+pub const MARGIN_ACCOUNT: &str = "network:margin";
+
+/// The postings of an approved conversion: bill the advertiser `revenue`, owe the affiliate
+/// `payout`, keep the difference. Zero lines are left out; the rest sum to zero.
+pub fn conversion_postings(
+    conversion_id: &str,
+    advertiser_key: &str,
+    affiliate_key: &str,
+    payout: Money,
+    revenue: Money,
+) -> Vec<Posting> {
+    debug_assert_eq!(payout.currency, revenue.currency);
+    let currency = revenue.currency.code().to_owned();
+    [
+        (advertiser_account(advertiser_key), revenue.minor),
+        (affiliate_account(affiliate_key), -payout.minor),
+        (MARGIN_ACCOUNT.to_owned(), payout.minor - revenue.minor),
+    ]
+    .into_iter()
+    .filter(|(_, amount)| *amount != 0)
+    .map(|(account, amount_minor)| Posting {
+        conversion_id: conversion_id.to_owned(),
+        kind: PostingKind::Conversion,
+        account,
+        currency: currency.clone(),
+        amount_minor,
+    })
+    .collect()
+}
+
+/// Appends postings in as few statements as the bind limit allows.
+pub async fn insert(
+    conn: &mut SqliteConnection,
+    postings: &[Posting],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for chunk in postings.chunks(2000) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO ledger_postings (conversion_id, kind, account, currency, amount_minor, created_at) ",
+        );
+        qb.push_values(chunk, |mut b, p| {
+            b.push_bind(p.conversion_id.clone())
+                .push_bind(p.kind.as_str())
+                .push_bind(p.account.clone())
+                .push_bind(p.currency.clone())
+                .push_bind(p.amount_minor)
+                .push_bind(now_ms);
+        });
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The negation of everything a conversion has posted so far, so that after it the
+/// conversion's net is zero on every account.
+pub async fn reversal_postings(
+    conn: &mut SqliteConnection,
+    conversion_id: &str,
+) -> Result<Vec<Posting>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT account, currency, SUM(amount_minor) AS net FROM ledger_postings
+         WHERE conversion_id = $1 GROUP BY account, currency ORDER BY account",
+    )
+    .bind(conversion_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let net: i64 = row.try_get("net")?;
+        if net != 0 {
+            out.push(Posting {
+                conversion_id: conversion_id.to_owned(),
+                kind: PostingKind::Reversal,
+                account: row.try_get("account")?,
+                currency: row.try_get("currency")?,
+                amount_minor: -net,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One account's balance in one currency.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Balance {
+    pub account: String,
+    pub currency: String,
+    /// Exact decimal string in major units, e.g. "15.00".
+    pub amount: String,
+    pub amount_minor: i64,
+}
+
+/// All balances, derived from the postings.
+pub async fn balances(conn: &mut SqliteConnection) -> Result<Vec<Balance>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT account, currency, SUM(amount_minor) AS total FROM ledger_postings
+         GROUP BY account, currency ORDER BY account, currency",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let currency: String = row.try_get("currency")?;
+            let total: i64 = row.try_get("total")?;
+            let amount = Currency::parse(&currency)
+                .map(|c| Money::from_minor(total, c).to_decimal().to_string())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok(Balance {
+                account: row.try_get("account")?,
+                currency,
+                amount,
+                amount_minor: total,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversion_postings_balance_and_skip_zero_lines() {
+        let usd = Currency::parse("USD").expect("usd");
+        let lines = conversion_postings(
+            "c1",
+            "adv",
+            "aff",
+            Money::from_minor(1500, usd),
+            Money::from_minor(4999, usd),
+        );
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.iter().map(|p| p.amount_minor).sum::<i64>(), 0);
+        assert_eq!(lines[0].amount_minor, 4999);
+        assert_eq!(lines[1].amount_minor, -1500);
+        assert_eq!(lines[2].amount_minor, -3499);
+
+        let even = conversion_postings(
+            "c2",
+            "adv",
+            "aff",
+            Money::from_minor(1500, usd),
+            Money::from_minor(1500, usd),
+        );
+        assert_eq!(even.len(), 2, "no zero margin line");
+        assert_eq!(even.iter().map(|p| p.amount_minor).sum::<i64>(), 0);
+    }
+}

@@ -1,0 +1,26 @@
+//! postgate: a server-to-server conversion-tracking gateway.
+//!
+//! The crate in the order data flows:
+//!
+//! * [`config`] — the TOML file, `${ENV}` interpolation and overrides, validated at load.
+//! * [`domain`] — the vocabulary: signed [`domain::ClickId`]s, exact [`domain::Money`], the
+//!   [`domain::CanonicalPostback`] every source becomes, reasons and receipts.
+//! * [`http`] — the only axum module: extracts requests, hands them to the pipeline.
+//! * [`pipeline`] — the one orchestrator: click → redirect; postback → decision → receipt.
+//! * [`s2s`] — the S2S postback source: parameters, aliases, token → canonical postback.
+//! * [`attribution`] — offer terms, click window, lag, FX, payout rules → [`attribution::Decision`];
+//!   then dedupe and status transitions inside the writer's transaction.
+//! * [`ledger`] — double-entry postings and derived balances.
+//! * [`store`] — SQLite, migrations, the catalog snapshot and the group-commit writer.
+//! * [`startup`] / [`telemetry`] — wiring the above into a running server.
+
+pub mod attribution;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod ledger;
+pub mod pipeline;
+pub mod s2s;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,120 @@
+//! Start-up: database, catalog, keys, writer, router, listener — in that order — and a
+//! graceful stop that drains the writer before returning.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::http::{AppState, router};
+use crate::pipeline::Pipeline;
+use crate::store::{self, Store, StoreError, catalog, writer};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the database")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A built gateway, bound to its port, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+    writer_task: tokio::task::JoinHandle<()>,
+}
+
+impl Application {
+    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        let (mut conn, read) = store::open(&settings.server.database_url).await?;
+        catalog::upsert_from_settings(&mut conn, settings).await?;
+        let keys = store::click_keys(&mut conn, settings).await?;
+        let snapshot = catalog::load(
+            &mut conn,
+            settings.network_currency,
+            settings.fx_rates.clone(),
+        )
+        .await?;
+        let (writer, writer_task) = writer::spawn(conn, settings.writer.max_batch);
+
+        let addr = settings.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?
+            .port();
+        let state = AppState {
+            pipeline: Pipeline {
+                catalog: Arc::new(ArcSwap::from_pointee(snapshot)),
+                keys: Arc::new(keys),
+                store: Store::new(read, writer),
+            },
+            admin_token: settings.server.admin_token.as_deref().map(Arc::from),
+            client_ip_header: settings.server.client_ip_header.as_deref().map(Arc::from),
+            max_body_bytes: settings.server.max_body_bytes,
+        };
+        Ok(Self {
+            listener,
+            port,
+            state,
+            writer_task,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests and waits for the
+    /// writer to commit everything queued.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        tracing::info!(port = self.port, "Listening.");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        // The router (and with it every writer handle) is gone: the writer drains and stops.
+        if let Err(e) = self.writer_task.await {
+            tracing::error!(error = %e, "Writer task ended abnormally.");
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("Shutting down: finishing in-flight requests.");
+}

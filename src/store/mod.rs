@@ -1,0 +1,255 @@
+//! Storage: the embedded SQLite database, its migrations, the read side and the writer.
+//!
+//! One [`Store`] owns a small pool of read connections (WAL lets readers run beside the
+//! writer) and a [`writer::WriterHandle`] to the single task that performs every write
+//! (group commit; see `writer`). Anything acknowledged to a caller was committed with
+//! `synchronous=FULL`, so a `kill -9` right after a 2xx loses nothing.
+
+pub mod catalog;
+pub mod writer;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chrono::Utc;
+use serde::Serialize;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Row, SqliteConnection};
+
+use crate::config::Settings;
+use crate::domain::{ClickKeyRing, Reason};
+
+/// A storage failure. Callers answer 503 `storage_unavailable`; the cause is logged once.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data cannot be read: {0}")]
+    Corrupt(String),
+    #[error("cannot encode JSON")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot create the database directory {path}")]
+    Directory {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("click-ID keys are unusable")]
+    Keys(#[from] crate::domain::click_id::KeyRingError),
+    #[error("the writer has stopped")]
+    WriterGone,
+}
+
+/// The database as the rest of postgate sees it.
+#[derive(Clone)]
+pub struct Store {
+    read: SqlitePool,
+    pub writer: writer::WriterHandle,
+}
+
+fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: the WAL is fsync'd at every commit, so an acknowledged write survives power
+        // loss, not just a process crash.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true)
+        .log_statements(tracing::log::LevelFilter::Trace);
+    if let Some(parent) = Path::new(options.get_filename()).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|source| StoreError::Directory {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(options)
+}
+
+/// Opens (creating if needed) and migrates the database; returns the writer's connection
+/// and a read pool.
+pub async fn open(url: &str) -> Result<(SqliteConnection, SqlitePool), StoreError> {
+    let options = connect_options(url)?;
+    let mut conn = options.connect().await?;
+    sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+    let read = SqlitePoolOptions::new()
+        .max_connections(4)
+        .min_connections(1)
+        .connect_with(options.read_only(true))
+        .await?;
+    Ok((conn, read))
+}
+
+/// The click-ID key ring: from the configuration, or generated once and kept in the database.
+pub async fn click_keys(
+    conn: &mut SqliteConnection,
+    settings: &Settings,
+) -> Result<ClickKeyRing, StoreError> {
+    if let Some(active) = settings.click_ids.active {
+        return Ok(ClickKeyRing::new(
+            active,
+            settings.click_ids.keys.iter().cloned(),
+        )?);
+    }
+    let rows = sqlx::query("SELECT id, secret FROM click_keys ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut keys = Vec::new();
+    for row in rows {
+        let id: i64 = row.try_get("id")?;
+        let secret: String = row.try_get("secret")?;
+        let id = u8::try_from(id).map_err(|_| StoreError::Corrupt(format!("click key id {id}")))?;
+        let bytes = STANDARD
+            .decode(secret)
+            .map_err(|_| StoreError::Corrupt(format!("click key {id}")))?;
+        keys.push((id, bytes));
+    }
+    if keys.is_empty() {
+        let mut secret = [0u8; 32];
+        rand::fill(&mut secret);
+        sqlx::query("INSERT INTO click_keys (id, secret, created_at) VALUES (1, $1, $2)")
+            .bind(STANDARD.encode(secret))
+            .bind(Utc::now().timestamp_millis())
+            .execute(&mut *conn)
+            .await?;
+        tracing::info!(
+            key_id = 1,
+            "Generated a click-ID key and stored it in the database."
+        );
+        keys.push((1, secret.to_vec()));
+    }
+    let active = keys.iter().map(|(id, _)| *id).max().unwrap_or(1);
+    Ok(ClickKeyRing::new(active, keys)?)
+}
+
+/// A conversion as the read API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversionView {
+    pub id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub source: String,
+    pub source_event_id: Option<String>,
+    pub offer_id: Option<i64>,
+    pub affiliate_id: Option<i64>,
+    pub goal: Option<String>,
+    pub click_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub status: String,
+    pub decision: String,
+    pub reasons: Vec<Reason>,
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+    pub fx_rate: Option<String>,
+    pub network_currency: Option<String>,
+    pub network_amount: Option<String>,
+    pub payout: Option<String>,
+    pub revenue: Option<String>,
+    pub attributes: serde_json::Value,
+}
+
+const CONVERSION_COLUMNS: &str = "id, created_at, updated_at, source, source_event_id, offer_id,
+    affiliate_id, goal, click_id, transaction_id, status, decision, reasons, amount_minor, currency,
+    fx_rate, network_currency, network_amount_minor, payout_minor, revenue_minor, attributes";
+
+impl Store {
+    pub fn new(read: SqlitePool, writer: writer::WriterHandle) -> Self {
+        Self { read, writer }
+    }
+
+    /// Whether a read succeeds and the writer is running.
+    pub async fn ready(&self) -> bool {
+        !self.writer.is_closed() && sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
+    }
+
+    pub async fn conversion(&self, id: &str) -> Result<Option<ConversionView>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONVERSION_COLUMNS} FROM conversions WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| conversion_view(&r)).transpose()
+    }
+
+    pub async fn conversions_by_click(
+        &self,
+        click_id: &str,
+        limit: i64,
+    ) -> Result<Vec<ConversionView>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONVERSION_COLUMNS} FROM conversions WHERE click_id = $1
+             ORDER BY created_at, id LIMIT $2"
+        )))
+        .bind(click_id)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(conversion_view).collect()
+    }
+
+    pub async fn balances(&self) -> Result<Vec<crate::ledger::Balance>, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        crate::ledger::balances(&mut conn).await
+    }
+
+    /// The number of click rows, for tests and the demo.
+    pub async fn click_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM clicks")
+            .fetch_one(&self.read)
+            .await?)
+    }
+}
+
+fn conversion_view(row: &sqlx::sqlite::SqliteRow) -> Result<ConversionView, StoreError> {
+    use crate::domain::{Currency, Money};
+    let ms = |col: &str| -> Result<String, StoreError> {
+        let v: i64 = row.try_get(col)?;
+        Ok(chrono::DateTime::from_timestamp_millis(v)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default())
+    };
+    let money = |minor_col: &str, cur: &Option<String>| -> Result<Option<String>, StoreError> {
+        let minor: Option<i64> = row.try_get(minor_col)?;
+        Ok(
+            match (minor, cur.as_deref().and_then(|c| Currency::parse(c).ok())) {
+                (Some(m), Some(c)) => Some(Money::from_minor(m, c).to_decimal().to_string()),
+                _ => None,
+            },
+        )
+    };
+    let currency: Option<String> = row.try_get("currency")?;
+    let network_currency: Option<String> = row.try_get("network_currency")?;
+    Ok(ConversionView {
+        id: row.try_get("id")?,
+        created_at: ms("created_at")?,
+        updated_at: ms("updated_at")?,
+        source: row.try_get("source")?,
+        source_event_id: row.try_get("source_event_id")?,
+        offer_id: row.try_get("offer_id")?,
+        affiliate_id: row.try_get("affiliate_id")?,
+        goal: row.try_get("goal")?,
+        click_id: row.try_get("click_id")?,
+        transaction_id: row.try_get("transaction_id")?,
+        status: row.try_get("status")?,
+        decision: row.try_get("decision")?,
+        reasons: serde_json::from_str(&row.try_get::<String, _>("reasons")?)?,
+        amount: money("amount_minor", &currency)?,
+        fx_rate: row.try_get("fx_rate")?,
+        network_amount: money("network_amount_minor", &network_currency)?,
+        payout: money("payout_minor", &network_currency)?,
+        revenue: money("revenue_minor", &network_currency)?,
+        attributes: serde_json::from_str(&row.try_get::<String, _>("attributes")?)?,
+        currency,
+        network_currency,
+    })
+}

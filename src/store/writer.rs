@@ -1,0 +1,216 @@
+//! The group-commit writer: one task owns the database's only write connection.
+//!
+//! A durable acknowledgement costs an fsync, and a disk manages a few thousand per second;
+//! one transaction per request would cap postgate there. Instead, handlers do the expensive,
+//! parallel work (parse, verify, evaluate) on their own tasks and send a work item here. The
+//! writer takes whatever is waiting (up to `max_batch`), applies it all in one transaction,
+//! commits once — one fsync — and only then answers every waiting handler. While it commits,
+//! the next batch queues up, so batches grow with load and latency stays flat.
+//!
+//! If a batch fails, its items are retried one transaction each, so one bad item never
+//! takes its neighbours down with it.
+//!
+//! Clicks ride along without a reply: the redirect is answered before its row is written.
+//! The worst case loss on a crash is the clicks waiting in the channel plus one batch; a
+//! conversion on a lost click is still attributed, because the click ID carries offer,
+//! affiliate and click time.
+
+use chrono::Utc;
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+use crate::attribution::{Decision, apply};
+use crate::domain::Receipt;
+
+/// A recorded click, written after the redirect was answered.
+#[derive(Debug, Clone)]
+pub struct ClickRow {
+    pub click_id: String,
+    pub offer_id: i64,
+    pub affiliate_id: i64,
+    pub subs: [Option<String>; 5],
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub referrer: Option<String>,
+    pub clicked_at_ms: i64,
+}
+
+/// Why a write was not acknowledged. The cause was logged by the writer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the write could not be committed")]
+pub struct WriteFailed;
+
+enum Command {
+    Conversion {
+        decision: Box<Decision>,
+        reply: oneshot::Sender<Result<Receipt, WriteFailed>>,
+    },
+    Click(Box<ClickRow>),
+}
+
+/// A cheap, cloneable way to hand work to the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl WriterHandle {
+    /// Applies one decision; returns after the transaction holding it has committed.
+    pub async fn submit(&self, decision: Decision) -> Result<Receipt, WriteFailed> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Conversion {
+                decision: Box::new(decision),
+                reply,
+            })
+            .await
+            .map_err(|_| WriteFailed)?;
+        rx.await.map_err(|_| WriteFailed)?
+    }
+
+    /// Queues a click row. Waits only if the queue is full (back-pressure).
+    pub async fn record_click(&self, row: ClickRow) -> Result<(), WriteFailed> {
+        self.tx
+            .send(Command::Click(Box::new(row)))
+            .await
+            .map_err(|_| WriteFailed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Starts the writer on `conn`. It stops when every handle is dropped and the queue drained.
+pub fn spawn(
+    conn: SqliteConnection,
+    max_batch: usize,
+) -> (WriterHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(max_batch * 64);
+    let task = tokio::spawn(run(conn, rx, max_batch));
+    (WriterHandle { tx }, task)
+}
+
+async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
+    let mut buffer = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut buffer, max_batch).await > 0 {
+        let mut decisions = Vec::new();
+        let mut replies = Vec::new();
+        let mut clicks = Vec::new();
+        for command in buffer.drain(..) {
+            match command {
+                Command::Conversion { decision, reply } => {
+                    decisions.push(*decision);
+                    replies.push(reply);
+                }
+                Command::Click(row) => clicks.push(*row),
+            }
+        }
+        metrics_batch(decisions.len(), clicks.len());
+        match commit(&mut conn, &decisions, &clicks).await {
+            Ok(receipts) => {
+                for (reply, receipt) in replies.into_iter().zip(receipts) {
+                    // The handler may have gone (client hung up); the write stands anyway.
+                    let _ = reply.send(Ok(receipt));
+                }
+            }
+            Err(error) if decisions.len() + clicks.len() > 1 => {
+                tracing::warn!(
+                    error = %error_chain(&error),
+                    items = decisions.len() + clicks.len(),
+                    "Batch failed; retrying its items one transaction each."
+                );
+                for (decision, reply) in decisions.into_iter().zip(replies) {
+                    let result = commit(&mut conn, std::slice::from_ref(&decision), &[]).await;
+                    let _ = reply.send(match result {
+                        Ok(mut receipts) => receipts.pop().ok_or(WriteFailed),
+                        Err(error) => {
+                            tracing::error!(
+                                error = %error_chain(&error),
+                                conversion_id = %decision.conversion_id,
+                                "Conversion could not be written."
+                            );
+                            Err(WriteFailed)
+                        }
+                    });
+                }
+                if !clicks.is_empty()
+                    && let Err(error) = commit(&mut conn, &[], &clicks).await
+                {
+                    tracing::error!(
+                        error = %error_chain(&error),
+                        lost = clicks.len(),
+                        "Click rows could not be written."
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "Write failed.");
+                for reply in replies {
+                    let _ = reply.send(Err(WriteFailed));
+                }
+            }
+        }
+    }
+    tracing::info!("Writer stopped: queue closed and drained.");
+}
+
+async fn commit(
+    conn: &mut SqliteConnection,
+    decisions: &[Decision],
+    clicks: &[ClickRow],
+) -> Result<Vec<Receipt>, StoreError> {
+    let now = Utc::now();
+    let mut tx = conn.begin().await?;
+    let receipts = if decisions.is_empty() {
+        Vec::new()
+    } else {
+        apply::apply_batch(&mut tx, decisions, now).await?
+    };
+    insert_clicks(&mut tx, clicks).await?;
+    tx.commit().await?;
+    Ok(receipts)
+}
+
+async fn insert_clicks(conn: &mut SqliteConnection, clicks: &[ClickRow]) -> Result<(), StoreError> {
+    // 12 binds a row; 1 000 rows stay far below SQLite's bind limit.
+    for chunk in clicks.chunks(1000) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO clicks (click_id, offer_id, affiliate_id, sub1, sub2, sub3, sub4, sub5,
+                ip, user_agent, referrer, clicked_at) ",
+        );
+        qb.push_values(chunk, |mut b, c| {
+            b.push_bind(c.click_id.clone())
+                .push_bind(c.offer_id)
+                .push_bind(c.affiliate_id);
+            for sub in &c.subs {
+                b.push_bind(sub.clone());
+            }
+            b.push_bind(c.ip.clone())
+                .push_bind(c.user_agent.clone())
+                .push_bind(c.referrer.clone())
+                .push_bind(c.clicked_at_ms);
+        });
+        // A click ID is 128 random bits; a collision means a replayed row, not a new click.
+        qb.push(" ON CONFLICT DO NOTHING");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+fn metrics_batch(conversions: usize, clicks: usize) {
+    tracing::trace!(conversions, clicks, "Committing batch.");
+}
+
+/// `error: cause: cause` — the whole chain on one line, for the log.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,283 @@
+//! The test harness: the real gateway on port 0 with a fresh database per test.
+
+use std::path::Path;
+
+use postgate::config::Settings;
+use postgate::domain::ClickKeyRing;
+use postgate::startup::Application;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ACME_TOKEN: &str = "acme-secret-token";
+pub const OTHER_TOKEN: &str = "other-secret-token";
+/// base64 of 32 bytes of 0x2a; the test config signs click IDs with it.
+pub const CLICK_KEY_B64: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+
+/// Offers of the test configuration, by what they exercise.
+pub const TEST_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+database_url = "sqlite://${TEST_DB}"
+admin_token = "test-admin-token"
+
+[network]
+currency = "USD"
+
+[fx]
+EUR = "1.08"
+JPY = "0.0067"
+KWD = "3.25"
+
+[click_ids]
+active = 1
+keys = [{ id = 1, secret = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=" }]
+
+[[advertisers]]
+id = "acme"
+token = "acme-secret-token"
+aliases = { click_id = ["cid"], payout = ["sale_amount"], transaction_id = ["order"] }
+
+[[advertisers]]
+id = "other"
+token = "other-secret-token"
+
+[[affiliates]]
+id = "aff1"
+
+[[affiliates]]
+id = "aff2"
+
+[[offers]]
+id = "shoes"
+advertiser = "acme"
+landing_url = "https://shop.example/l?subid={click_id}&s1={sub1}"
+currency = "USD"
+default_goal = "purchase"
+
+[[offers.goals]]
+name = "purchase"
+payout = { fixed = "15.00" }
+revenue = { percent = "100" }
+
+[[offers.goals]]
+name = "lead"
+payout = { fixed = "2.00" }
+revenue = { fixed = "3.00" }
+
+[[offers.goals]]
+name = "upsell"
+payout = { percent = "10" }
+revenue = { percent = "100" }
+allow_repeats = true
+
+[[offers]]
+id = "slow"
+advertiser = "acme"
+landing_url = "https://shop.example/slow?subid={click_id}"
+min_lag_seconds = 3600
+lag_action = "reject"
+[[offers.goals]]
+name = "purchase"
+payout = { fixed = "1.00" }
+revenue = { fixed = "2.00" }
+
+[[offers]]
+id = "flagged"
+advertiser = "acme"
+landing_url = "https://shop.example/flag?subid={click_id}"
+min_lag_seconds = 3600
+lag_action = "flag"
+[[offers.goals]]
+name = "purchase"
+payout = { fixed = "1.00" }
+revenue = { fixed = "2.00" }
+
+[[offers]]
+id = "yen"
+advertiser = "acme"
+landing_url = "https://shop.example/jp?subid={click_id}"
+currency = "JPY"
+[[offers.goals]]
+name = "purchase"
+payout = { fixed = "500" }
+revenue = { percent = "100" }
+
+[[offers]]
+id = "paused"
+advertiser = "acme"
+status = "paused"
+landing_url = "https://shop.example/p?subid={click_id}"
+fallback_url = "https://shop.example/sold-out?aff={affiliate_id}"
+[[offers.goals]]
+name = "purchase"
+payout = { fixed = "1.00" }
+revenue = { fixed = "2.00" }
+
+[[offers]]
+id = "theirs"
+advertiser = "other"
+landing_url = "https://other.example/?s={click_id}"
+[[offers.goals]]
+name = "purchase"
+payout = { fixed = "1.00" }
+revenue = { fixed = "2.00" }
+"#;
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    spawn_in(dir).await
+}
+
+/// Starts the gateway on the database in `dir` (which may already hold data).
+pub async fn spawn_in(dir: tempfile::TempDir) -> TestApp {
+    postgate::telemetry::init();
+    let db = dir.path().join("postgate.db");
+    let settings = settings_for(&db);
+    let app = Application::build(&settings).await.expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    TestApp {
+        address,
+        client,
+        dir,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+pub fn settings_for(db: &Path) -> Settings {
+    let db = db.display().to_string();
+    Settings::from_toml(Path::new("test.toml"), TEST_CONFIG, &move |name| {
+        (name == "TEST_DB").then(|| db.clone())
+    })
+    .expect("test config is valid")
+}
+
+/// The key ring the test configuration uses, for minting click IDs in the past.
+pub fn key_ring() -> ClickKeyRing {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(CLICK_KEY_B64)
+        .expect("key");
+    ClickKeyRing::new(1, [(1, key)]).expect("ring")
+}
+
+impl TestApp {
+    /// Stops the server gracefully; returns the database directory for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+        self.dir
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Clicks `offer` as `aff`; returns the click ID from the redirect.
+    pub async fn click(&self, offer: &str, aff: &str) -> String {
+        let resp = self.get(&format!("/c/{offer}?aff={aff}")).await;
+        assert_eq!(resp.status(), StatusCode::FOUND, "click on {offer}");
+        let location = resp.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_owned();
+        let url = reqwest::Url::parse(&location).expect("landing URL");
+        url.query_pairs()
+            .find(|(k, _)| k == "subid")
+            .map(|(_, v)| v.into_owned())
+            .expect("subid in landing URL")
+    }
+
+    /// GET /postback with the given parameters; returns status and JSON body.
+    pub async fn postback(&self, params: &[(&str, &str)]) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .get(format!("{}/postback", self.address))
+            .query(params)
+            .send()
+            .await
+            .expect("postback");
+        let status = resp.status();
+        (status, resp.json().await.expect("JSON receipt"))
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin request");
+        let status = resp.status();
+        (status, resp.json().await.expect("JSON"))
+    }
+
+    pub async fn conversion(&self, id: &str) -> Value {
+        let (status, body) = self.admin_get(&format!("/api/v1/conversions/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "conversion {id}: {body}");
+        body
+    }
+
+    /// Balances as `(account, currency) -> minor units`.
+    pub async fn balances(&self) -> Vec<(String, String, i64)> {
+        let (status, body) = self.admin_get("/api/v1/ledger/balances").await;
+        assert_eq!(status, StatusCode::OK);
+        body["balances"]
+            .as_array()
+            .expect("balances array")
+            .iter()
+            .map(|b| {
+                (
+                    b["account"].as_str().expect("account").to_owned(),
+                    b["currency"].as_str().expect("currency").to_owned(),
+                    b["amount_minor"].as_i64().expect("amount"),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn balance(&self, account: &str) -> i64 {
+        self.balances()
+            .await
+            .into_iter()
+            .filter(|(a, _, _)| a == account)
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+}
+
+/// The first reason code of a receipt.
+pub fn code(body: &Value) -> &str {
+    body["reasons"][0]["code"].as_str().unwrap_or("<none>")
+}

@@ -1,0 +1,152 @@
+//! The ledger: balanced postings, reversals, exact currency conversion.
+
+use std::collections::HashMap;
+
+use crate::helpers::{ACME_TOKEN, spawn_app};
+
+/// Sum of all balances per currency: zero in a double-entry ledger.
+async fn totals(app: &crate::helpers::TestApp) -> HashMap<String, i64> {
+    let mut totals = HashMap::new();
+    for (_, currency, amount) in app.balances().await {
+        *totals.entry(currency).or_insert(0) += amount;
+    }
+    totals
+}
+
+#[tokio::test]
+async fn click_to_credited_conversion_writes_a_balanced_ledger() {
+    let app = spawn_app().await;
+    for (aff, payout) in [("aff1", "100.00"), ("aff2", "7.50"), ("aff1", "0")] {
+        let click = app.click("shoes", aff).await;
+        let (_, body) = app
+            .postback(&[
+                ("token", ACME_TOKEN),
+                ("click_id", &click),
+                ("payout", payout),
+            ])
+            .await;
+        assert_eq!(body["status"], "accepted", "{body}");
+    }
+    assert_eq!(app.balance("advertiser:acme:receivable").await, 10_750);
+    assert_eq!(app.balance("affiliate:aff1:payable").await, -3_000);
+    assert_eq!(app.balance("affiliate:aff2:payable").await, -1_500);
+    assert_eq!(app.balance("network:margin").await, -(10_750 - 4_500));
+    // Margin is a credit balance: -(revenue - payout).
+    assert_eq!(totals(&app).await.get("USD"), Some(&0));
+}
+
+#[tokio::test]
+async fn a_reversal_posts_compensating_entries_and_is_not_applied_twice() {
+    let app = spawn_app().await;
+    let click = app.click("shoes", "aff1").await;
+    let (_, approved) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &click),
+            ("payout", "30.00"),
+            ("transaction_id", "R1"),
+        ])
+        .await;
+    assert_eq!(app.balance("affiliate:aff1:payable").await, -1500);
+
+    let (_, reversed) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &click),
+            ("transaction_id", "R1"),
+            ("status", "reversed"),
+        ])
+        .await;
+    assert_eq!(reversed["status"], "accepted", "{reversed}");
+    assert_eq!(reversed["conversion_id"], approved["conversion_id"]);
+    assert_eq!(app.balance("affiliate:aff1:payable").await, 0);
+    assert_eq!(app.balance("advertiser:acme:receivable").await, 0);
+    assert_eq!(app.balance("network:margin").await, 0);
+    let conv = app
+        .conversion(approved["conversion_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(conv["status"], "reversed");
+
+    let (_, twice) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &click),
+            ("transaction_id", "R1"),
+            ("status", "reversed"),
+        ])
+        .await;
+    assert_eq!(twice["status"], "duplicate");
+    assert_eq!(app.balance("affiliate:aff1:payable").await, 0);
+
+    let other = app.click("shoes", "aff1").await;
+    let (_, unmatched) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &other),
+            ("transaction_id", "NOPE"),
+            ("status", "reversed"),
+        ])
+        .await;
+    assert_eq!(unmatched["status"], "rejected");
+    assert_eq!(crate::helpers::code(&unmatched), "unknown_transaction");
+}
+
+#[tokio::test]
+async fn foreign_currencies_convert_exactly_with_the_rate_stored() {
+    let app = spawn_app().await;
+    // KWD has three decimals: 1.005 KWD x 3.25 = 3.26625 USD -> 3.27 (half to even).
+    let click = app.click("shoes", "aff1").await;
+    let (_, body) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &click),
+            ("payout", "1.005"),
+            ("currency", "KWD"),
+        ])
+        .await;
+    assert_eq!(body["status"], "accepted", "{body}");
+    let conv = app
+        .conversion(body["conversion_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(conv["amount"], "1.005");
+    assert_eq!(conv["currency"], "KWD");
+    assert_eq!(conv["fx_rate"], "3.25");
+    assert_eq!(conv["network_amount"], "3.27");
+    assert_eq!(conv["revenue"], "3.27");
+
+    // JPY has no decimals: 12345 JPY x 0.0067 = 82.7115 -> 82.71; payout 500 JPY -> 3.35 USD.
+    let click = app.click("yen", "aff2").await;
+    let (_, body) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &click),
+            ("payout", "12345"),
+        ])
+        .await;
+    assert_eq!(body["status"], "accepted", "{body}");
+    let conv = app
+        .conversion(body["conversion_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(conv["amount"], "12345");
+    assert_eq!(conv["currency"], "JPY");
+    assert_eq!(conv["network_amount"], "82.71");
+    assert_eq!(conv["payout"], "3.35");
+
+    // Fractional yen does not exist.
+    let click = app.click("yen", "aff2").await;
+    let (status, _) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &click),
+            ("payout", "1.5"),
+        ])
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+
+    assert_eq!(totals(&app).await.get("USD"), Some(&0));
+    assert_eq!(
+        totals(&app).await.len(),
+        1,
+        "everything is booked in the network currency"
+    );
+}

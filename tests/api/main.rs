@@ -1,0 +1,7 @@
+//! Integration tests: the real gateway over HTTP, a fresh database per test.
+
+mod clicks;
+mod decisions;
+mod helpers;
+mod ledger;
+mod requests;
