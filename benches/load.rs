@@ -1,1 +1,460 @@
-fn main() {}
+//! Load benchmark: `cargo bench --bench load` (options after `--`, see `usage()`).
+//!
+//! Spawns servers as child processes of this binary and drives them from this process with a
+//! lean HTTP/1.1 load generator (hyper, keep-alive, one request in flight per connection):
+//!
+//! * `bare`     — an axum handler answering "ok": the ceiling of the HTTP stack here;
+//! * `bare-gc`  — an axum handler doing one durable SQLite insert through a single group-commit
+//!   writer (WAL, synchronous=FULL, one fsync per batch): the floor the issue names;
+//! * `bare-tx`  — the same insert with one transaction (one fsync) per request;
+//! * `click`    — postgate `GET /c/{offer}` → 302 with a signed click ID;
+//! * `postback` — postgate `GET /postback`, each one a new accepted, ledgered conversion.
+//!
+//! Rounds are interleaved (every scenario once per round) and the median round is reported,
+//! so the baselines and postgate see the same machine noise. Ratios compare medians.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncBufReadExt;
+use tokio::net::TcpStream;
+
+const ROLE_ENV: &str = "POSTGATE_BENCH_ROLE";
+const DIR_ENV: &str = "POSTGATE_BENCH_DIR";
+const TOKEN: &str = "bench-advertiser-token";
+const CLICK_KEY: &str = "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktMDE=";
+
+const BENCH_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+database_url = "sqlite://${BENCH_DB}"
+admin_token = "bench-admin-token"
+
+[click_ids]
+active = 1
+keys = [{ id = 1, secret = "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktMDE=" }]
+
+[[advertisers]]
+id = "adv"
+token = "bench-advertiser-token"
+
+[[affiliates]]
+id = "aff"
+
+[[offers]]
+id = "bench"
+advertiser = "adv"
+landing_url = "https://shop.example/landing?subid={click_id}&s1={sub1}"
+min_lag_seconds = 0
+
+[[offers.goals]]
+name = "sale"
+payout = { fixed = "15.00" }
+revenue = { percent = "100" }
+allow_repeats = true
+"#;
+
+fn usage() -> &'static str {
+    "cargo bench --bench load -- [--seconds N] [--rounds N] [--concurrency N] [--only a,b]"
+}
+
+struct Options {
+    seconds: u64,
+    rounds: usize,
+    concurrency: usize,
+    only: Option<Vec<String>>,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        seconds: 5,
+        rounds: 3,
+        concurrency: 64,
+        only: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--seconds" => o.seconds = value.parse().unwrap_or(o.seconds),
+            "--rounds" => o.rounds = value.parse().unwrap_or(o.rounds),
+            "--concurrency" => o.concurrency = value.parse().unwrap_or(o.concurrency),
+            "--only" => o.only = Some(value.split(',').map(str::to_owned).collect()),
+            // cargo bench passes --bench; ignore it and anything unknown.
+            "--help" | "-h" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+fn main() {
+    match std::env::var(ROLE_ENV).as_deref() {
+        Ok("bare") => serve_bare(),
+        Ok("postgate") => serve_postgate(),
+        _ => drive(),
+    }
+}
+
+// ---- servers (child processes) --------------------------------------------------------------
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn announce(port: u16) {
+    println!("PORT {port}");
+}
+
+fn serve_bare() {
+    use axum::Router;
+    use axum::routing::get;
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    };
+    use sqlx::{ConnectOptions, Connection};
+    use tokio::sync::{mpsc, oneshot};
+
+    let dir = std::env::var(DIR_ENV).expect("bench dir");
+    runtime().block_on(async move {
+        let options = SqliteConnectOptions::new()
+            .filename(Path::new(&dir).join("bare.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        let mut conn = options.clone().connect().await.expect("db");
+        sqlx::query("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, body TEXT NOT NULL, at BIGINT NOT NULL)")
+            .execute(&mut conn)
+            .await
+            .expect("table");
+
+        // Group commit: one writer, one transaction and one fsync per batch.
+        let (tx, mut rx) = mpsc::channel::<(String, oneshot::Sender<()>)>(65536);
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(512);
+            while rx.recv_many(&mut buf, 512).await > 0 {
+                let mut t = conn.begin().await.expect("begin");
+                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO events (body, at) ");
+                qb.push_values(buf.iter(), |mut b, (body, _)| {
+                    b.push_bind(body.clone()).push_bind(0i64);
+                });
+                qb.build().execute(&mut *t).await.expect("insert");
+                t.commit().await.expect("commit");
+                for (_, reply) in buf.drain(..) {
+                    let _ = reply.send(());
+                }
+            }
+        });
+        // One transaction per request through a pool.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .expect("pool");
+
+        let app = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route(
+                "/gc",
+                get(move || {
+                    let tx = tx.clone();
+                    async move {
+                        let (reply, done) = oneshot::channel();
+                        let _ = tx.send(("event".to_owned(), reply)).await;
+                        let _ = done.await;
+                        "ok"
+                    }
+                }),
+            )
+            .route(
+                "/tx",
+                get(move || {
+                    let pool = pool.clone();
+                    async move {
+                        let _ = sqlx::query("INSERT INTO events (body, at) VALUES ($1, 0)")
+                            .bind("event")
+                            .execute(&pool)
+                            .await;
+                        "ok"
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        announce(listener.local_addr().expect("addr").port());
+        axum::serve(listener, app).await.expect("serve");
+    });
+}
+
+fn serve_postgate() {
+    let dir = std::env::var(DIR_ENV).expect("bench dir");
+    let db = Path::new(&dir).join("postgate.db").display().to_string();
+    let settings = postgate::config::Settings::from_toml(
+        Path::new("bench.toml"),
+        BENCH_CONFIG,
+        &move |name| (name == "BENCH_DB").then(|| db.clone()),
+    )
+    .expect("bench config");
+    runtime().block_on(async move {
+        let app = postgate::startup::Application::build(&settings)
+            .await
+            .expect("postgate builds");
+        announce(app.port());
+        app.run_until(std::future::pending()).await.expect("serve");
+    });
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(role: &str, dir: &Path) -> Server {
+    let exe = std::env::current_exe().expect("exe");
+    let mut child = Command::new(exe)
+        .env(ROLE_ENV, role)
+        .env(DIR_ENV, dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines =
+        tokio::io::BufReader::new(tokio::process::ChildStdout::from_std(stdout).expect("pipe"))
+            .lines();
+    let port = loop {
+        let line = lines
+            .next_line()
+            .await
+            .expect("read")
+            .expect("server exited early");
+        if let Some(p) = line.strip_prefix("PORT ") {
+            break p.trim().parse::<u16>().expect("port");
+        }
+    };
+    Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
+
+// ---- load generator ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Path(&'static str),
+    Click,
+    Postback,
+}
+
+struct Sample {
+    ok: u64,
+    errors: u64,
+    seconds: f64,
+    /// Microseconds of every successful request.
+    latencies: Vec<u32>,
+}
+
+impl Sample {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies[i]) / 1000.0
+    }
+}
+
+async fn run_load(
+    addr: SocketAddr,
+    kind: Kind,
+    concurrency: usize,
+    seconds: u64,
+    round: usize,
+) -> Sample {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let errors = Arc::new(AtomicU64::new(0));
+    let keys = bench_keys();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let errors = errors.clone();
+        let keys = keys.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(65536);
+            let Ok(stream) = TcpStream::connect(addr).await else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return lat;
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return lat;
+            };
+            tokio::spawn(conn);
+            let click_id = keys
+                .issue(1, 1, chrono::Utc::now())
+                .expect("click id")
+                .as_str()
+                .to_owned();
+            let mut n: u64 = 0;
+            while Instant::now() < deadline {
+                n += 1;
+                let uri = match kind {
+                    Kind::Path(p) => p.to_owned(),
+                    Kind::Click => format!("/c/bench?aff=aff&sub1=w{worker}"),
+                    Kind::Postback => format!(
+                        "/postback?token={TOKEN}&click_id={click_id}&goal=sale&payout=12.34&transaction_id=r{round}-w{worker}-{n}"
+                    ),
+                };
+                let req = Request::get(uri)
+                    .header(hyper::header::HOST, "127.0.0.1")
+                    .body(Empty::<Bytes>::new())
+                    .expect("request");
+                let t = Instant::now();
+                let Ok(resp) = sender.send_request(req).await else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                };
+                let status = resp.status();
+                let Ok(body) = resp.into_body().collect().await.map(|b| b.to_bytes()) else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                };
+                let good = match kind {
+                    Kind::Path(_) => status == 200,
+                    Kind::Click => status == 302,
+                    Kind::Postback => status == 200 && body.windows(10).any(|w| w == b"\"accepted\""),
+                };
+                if good {
+                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lat
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap_or_default());
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    Sample {
+        ok: latencies.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        latencies,
+    }
+}
+
+fn bench_keys() -> Arc<postgate::domain::ClickKeyRing> {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(CLICK_KEY)
+        .expect("key");
+    Arc::new(postgate::domain::ClickKeyRing::new(1, [(1, key)]).expect("ring"))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn drive() {
+    let o = options();
+    let dir = tempfile::tempdir().expect("temp dir");
+    runtime().block_on(async move {
+        let bare = start("bare", dir.path()).await;
+        let gate = start("postgate", dir.path()).await;
+        let scenarios: Vec<(&str, SocketAddr, Kind)> = vec![
+            ("bare", bare.addr, Kind::Path("/")),
+            ("bare-gc", bare.addr, Kind::Path("/gc")),
+            ("bare-tx", bare.addr, Kind::Path("/tx")),
+            ("click", gate.addr, Kind::Click),
+            ("postback", gate.addr, Kind::Postback),
+        ]
+        .into_iter()
+        .filter(|(name, _, _)| o.only.as_ref().is_none_or(|only| only.iter().any(|n| n == name)))
+        .collect();
+
+        println!(
+            "postgate load benchmark: concurrency {}, {} s per run, {} rounds, {} cores",
+            o.concurrency,
+            o.seconds,
+            o.rounds,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        );
+        // Warm-up: connections, page cache, statement caches.
+        for (_, addr, kind) in &scenarios {
+            run_load(*addr, *kind, o.concurrency, 1, 0).await;
+        }
+        let mut results: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
+        for round in 1..=o.rounds {
+            for (name, addr, kind) in &scenarios {
+                let s = run_load(*addr, *kind, o.concurrency, o.seconds, round).await;
+                println!(
+                    "  round {round} {name:<9} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+                    s.rate(),
+                    s.percentile(0.50),
+                    s.percentile(0.99),
+                    s.errors
+                );
+                results.entry(name).or_default().push(s);
+            }
+        }
+
+        println!("\nmedian of {} rounds:", o.rounds);
+        println!("  {:<9} {:>10} {:>10} {:>10} {:>8}", "scenario", "req/s", "p50 ms", "p99 ms", "errors");
+        let mut med = BTreeMap::new();
+        for (name, samples) in &results {
+            let rate = median(&mut samples.iter().map(Sample::rate).collect::<Vec<_>>());
+            let p50 = median(&mut samples.iter().map(|s| s.percentile(0.5)).collect::<Vec<_>>());
+            let p99 = median(&mut samples.iter().map(|s| s.percentile(0.99)).collect::<Vec<_>>());
+            let errors: u64 = samples.iter().map(|s| s.errors).sum();
+            println!("  {name:<9} {rate:>10.0} {p50:>10.2} {p99:>10.2} {errors:>8}");
+            med.insert(*name, rate);
+        }
+        let ratio = |a: &str, b: &str| match (med.get(a), med.get(b)) {
+            (Some(x), Some(y)) if *y > 0.0 => format!("{:.2}", x / y),
+            _ => "n/a".to_owned(),
+        };
+        println!("\nratios (medians):");
+        println!("  click / bare          {}  (target >= 0.5)", ratio("click", "bare"));
+        println!("  postback / bare-gc    {}  (target >= 0.6)", ratio("postback", "bare-gc"));
+        println!("  bare-gc / bare-tx     {}  (group commit vs fsync per request)", ratio("bare-gc", "bare-tx"));
+        drop(bare);
+        drop(gate);
+    });
+}

@@ -32,11 +32,16 @@ pub struct Application {
     port: u16,
     state: AppState,
     writer_task: tokio::task::JoinHandle<()>,
+    checkpoint_task: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        let (mut conn, read) = store::open(&settings.server.database_url).await?;
+        let store::Opened {
+            writer: mut conn,
+            read,
+            checkpointer,
+        } = store::open(&settings.server.database_url).await?;
         catalog::upsert_from_settings(&mut conn, settings).await?;
         let keys = store::click_keys(&mut conn, settings).await?;
         let snapshot = catalog::load(
@@ -46,6 +51,10 @@ impl Application {
         )
         .await?;
         let (writer, writer_task) = writer::spawn(conn, settings.writer.max_batch);
+        let checkpoint_task = tokio::spawn(store::checkpoint_loop(
+            checkpointer,
+            std::time::Duration::from_secs(1),
+        ));
 
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
@@ -70,6 +79,7 @@ impl Application {
             port,
             state,
             writer_task,
+            checkpoint_task,
         })
     }
 
@@ -92,6 +102,7 @@ impl Application {
         if let Err(e) = self.writer_task.await {
             tracing::error!(error = %e, "Writer task ended abnormally.");
         }
+        self.checkpoint_task.abort();
         Ok(())
     }
 }

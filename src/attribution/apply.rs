@@ -86,6 +86,9 @@ fn own_receipt(d: &Decision) -> Receipt {
 }
 
 /// Inserts the decisions as new conversion rows; returns the ids that were inserted.
+///
+/// No `RETURNING`: sqlx runs SQLite on a worker thread and every returned row is a hop
+/// between threads. The row count tells whether all landed, which is almost always.
 async fn insert_new(
     conn: &mut SqliteConnection,
     decisions: &[&Decision],
@@ -154,7 +157,21 @@ async fn insert_new(
         if let Some(e) = encode_error {
             return Err(e.into());
         }
-        qb.push(" ON CONFLICT DO NOTHING RETURNING id");
+        qb.push(" ON CONFLICT DO NOTHING");
+        let affected = qb.build().execute(&mut *conn).await?.rows_affected();
+        if affected == chunk.len() as u64 {
+            // The common case: no collisions, and no rows to stream back.
+            inserted.extend(chunk.iter().map(|d| d.conversion_id.clone()));
+            continue;
+        }
+        // Some collided: ask which of this chunk's ids landed.
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT id FROM conversions WHERE id IN (");
+        let mut ids = qb.separated(", ");
+        for d in chunk {
+            ids.push_bind(d.conversion_id.clone());
+        }
+        qb.push(")");
         for row in qb.build().fetch_all(&mut *conn).await? {
             inserted.insert(row.try_get::<String, _>(0)?);
         }
