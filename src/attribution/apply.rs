@@ -33,28 +33,14 @@ pub async fn apply_batch(
     now: DateTime<Utc>,
 ) -> Result<Vec<Receipt>, StoreError> {
     let now_ms = now.timestamp_millis();
-    let fresh: Vec<&Decision> = decisions
-        .iter()
-        .filter(|d| d.status != Status::Reversed || d.is_rejected())
-        .collect();
+    let fresh: Vec<&Decision> = decisions.iter().filter(|d| is_fresh(d)).collect();
     let inserted = insert_new(conn, &fresh, now_ms).await?;
 
     let mut receipts = Vec::with_capacity(decisions.len());
     let mut postings: Vec<Posting> = Vec::new();
     for d in decisions {
         let receipt = if inserted.contains(d.conversion_id.as_str()) {
-            if !d.is_rejected()
-                && d.status == Status::Approved
-                && let (Some(a), Some(aff)) = (d.amounts, d.affiliate_key.as_deref())
-            {
-                postings.extend(ledger::conversion_postings(
-                    &d.conversion_id,
-                    &d.advertiser_key,
-                    aff,
-                    a.payout,
-                    a.revenue,
-                ));
-            }
+            postings.extend(postings_for_new(d));
             own_receipt(d)
         } else {
             // Postings so far must be visible to the slow path's reads (a reversal of a
@@ -69,7 +55,32 @@ pub async fn apply_batch(
     Ok(receipts)
 }
 
-fn own_receipt(d: &Decision) -> Receipt {
+/// Whether a decision can go through the fast path: a new row, not a status update.
+pub fn is_fresh(d: &Decision) -> bool {
+    d.status != Status::Reversed || d.is_rejected()
+}
+
+/// The postings a freshly inserted decision brings: an accepted approval pays out at once.
+pub fn postings_for_new(d: &Decision) -> Vec<Posting> {
+    match (
+        d.is_rejected(),
+        d.status,
+        d.amounts,
+        d.affiliate_key.as_deref(),
+    ) {
+        (false, Status::Approved, Some(a), Some(aff)) => ledger::conversion_postings(
+            &d.conversion_id,
+            &d.advertiser_key,
+            aff,
+            a.payout,
+            a.revenue,
+        ),
+        _ => Vec::new(),
+    }
+}
+
+/// The receipt of a decision whose row was inserted as is.
+pub fn own_receipt(d: &Decision) -> Receipt {
     if d.is_rejected() {
         Receipt {
             status: Verdict::Rejected,
@@ -85,98 +96,123 @@ fn own_receipt(d: &Decision) -> Receipt {
     }
 }
 
-/// Inserts the decisions as new conversion rows; returns the ids that were inserted.
-///
-/// No `RETURNING`: sqlx runs SQLite on a worker thread and every returned row is a hop
-/// between threads. The row count tells whether all landed, which is almost always.
-async fn insert_new(
-    conn: &mut SqliteConnection,
+/// Appends `INSERT INTO conversions … ON CONFLICT DO NOTHING` statements (one per
+/// [`INSERT_CHUNK`] rows, each ending in `;`) for `decisions`. A row that collides on a
+/// dedupe key is skipped, not an error. With `report_changes`, each INSERT is followed by
+/// `SELECT changes()`, a row with the number of conversions it inserted.
+pub fn push_insert_conversions(
+    qb: &mut QueryBuilder<Sqlite>,
     decisions: &[&Decision],
     now_ms: i64,
-) -> Result<HashSet<String>, StoreError> {
-    let mut inserted = HashSet::with_capacity(decisions.len());
+    report_changes: bool,
+) -> Result<(), StoreError> {
     for chunk in decisions.chunks(INSERT_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+        let mut encoded = Vec::with_capacity(chunk.len());
+        for d in chunk {
+            let reasons: Vec<&Reason> = d.rejections.iter().chain(&d.flags).collect();
+            encoded.push((
+                serde_json::to_string(&reasons)?,
+                serde_json::to_string(&d.attributes)?,
+            ));
+        }
+        qb.push(
             "INSERT INTO conversions (id, created_at, updated_at, source, source_event_id,
                 advertiser_id, offer_id, affiliate_id, goal, click_id, clicked_at, transaction_id,
                 status, decision, reasons, amount_minor, currency, fx_rate, network_currency,
                 network_amount_minor, payout_minor, revenue_minor, occurred_at, attributes,
                 txn_key, click_goal_key) ",
         );
-        let mut encode_error = None;
-        qb.push_values(chunk, |mut b, d| {
-            let reasons: Vec<&Reason> = d.rejections.iter().chain(&d.flags).collect();
-            let (reasons, attributes) = match (
-                serde_json::to_string(&reasons),
-                serde_json::to_string(&d.attributes),
-            ) {
-                (Ok(r), Ok(a)) => (r, a),
-                (Err(e), _) | (_, Err(e)) => {
-                    encode_error = Some(e);
-                    (String::new(), String::new())
-                }
-            };
-            let status = if d.is_rejected() {
-                Status::Rejected
-            } else {
-                d.status
-            };
-            let a = d.amounts;
-            let keys = d.holds_dedupe_keys();
-            b.push_bind(d.conversion_id.clone())
-                .push_bind(now_ms)
-                .push_bind(now_ms)
-                .push_bind(d.source.clone())
-                .push_bind(d.source_event_id.clone())
-                .push_bind(d.advertiser_id)
-                .push_bind(d.offer_id)
-                .push_bind(d.affiliate_id)
-                .push_bind(d.goal.clone())
-                .push_bind(d.click_id.clone())
-                .push_bind(d.clicked_at.map(|t| t.timestamp_millis()))
-                .push_bind(d.transaction_id.clone())
-                .push_bind(status.as_str())
-                .push_bind(if d.is_rejected() {
-                    "rejected"
+        qb.push_values(
+            chunk.iter().zip(encoded),
+            |mut b, (d, (reasons, attributes))| {
+                let status = if d.is_rejected() {
+                    Status::Rejected
                 } else {
-                    "accepted"
-                })
-                .push_bind(reasons)
-                .push_bind(a.map(|a| a.amount.minor))
-                .push_bind(a.map(|a| a.amount.currency.code()))
-                .push_bind(a.map(|a| a.fx_rate.to_string()))
-                .push_bind(a.map(|a| a.network_amount.currency.code()))
-                .push_bind(a.map(|a| a.network_amount.minor))
-                .push_bind(a.map(|a| a.payout.minor))
-                .push_bind(a.map(|a| a.revenue.minor))
-                .push_bind(d.occurred_at.map(|t| t.timestamp_millis()))
-                .push_bind(attributes)
-                .push_bind(d.txn_key.clone().filter(|_| keys))
-                .push_bind(d.click_goal_key.clone().filter(|_| keys));
-        });
-        if let Some(e) = encode_error {
-            return Err(e.into());
-        }
-        qb.push(" ON CONFLICT DO NOTHING");
-        let affected = qb.build().execute(&mut *conn).await?.rows_affected();
-        if affected == chunk.len() as u64 {
-            // The common case: no collisions, and no rows to stream back.
-            inserted.extend(chunk.iter().map(|d| d.conversion_id.clone()));
-            continue;
-        }
-        // Some collided: ask which of this chunk's ids landed.
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT id FROM conversions WHERE id IN (");
-        let mut ids = qb.separated(", ");
-        for d in chunk {
-            ids.push_bind(d.conversion_id.clone());
-        }
-        qb.push(")");
-        for row in qb.build().fetch_all(&mut *conn).await? {
-            inserted.insert(row.try_get::<String, _>(0)?);
+                    d.status
+                };
+                let a = d.amounts;
+                let keys = d.holds_dedupe_keys();
+                b.push_bind(d.conversion_id.clone())
+                    .push_bind(now_ms)
+                    .push_bind(now_ms)
+                    .push_bind(d.source.clone())
+                    .push_bind(d.source_event_id.clone())
+                    .push_bind(d.advertiser_id)
+                    .push_bind(d.offer_id)
+                    .push_bind(d.affiliate_id)
+                    .push_bind(d.goal.clone())
+                    .push_bind(d.click_id.clone())
+                    .push_bind(d.clicked_at.map(|t| t.timestamp_millis()))
+                    .push_bind(d.transaction_id.clone())
+                    .push_bind(status.as_str())
+                    .push_bind(if d.is_rejected() {
+                        "rejected"
+                    } else {
+                        "accepted"
+                    })
+                    .push_bind(reasons)
+                    .push_bind(a.map(|a| a.amount.minor))
+                    .push_bind(a.map(|a| a.amount.currency.code()))
+                    .push_bind(a.map(|a| a.fx_rate.to_string()))
+                    .push_bind(a.map(|a| a.network_amount.currency.code()))
+                    .push_bind(a.map(|a| a.network_amount.minor))
+                    .push_bind(a.map(|a| a.payout.minor))
+                    .push_bind(a.map(|a| a.revenue.minor))
+                    .push_bind(d.occurred_at.map(|t| t.timestamp_millis()))
+                    .push_bind(attributes)
+                    .push_bind(d.txn_key.clone().filter(|_| keys))
+                    .push_bind(d.click_goal_key.clone().filter(|_| keys));
+            },
+        );
+        qb.push(" ON CONFLICT DO NOTHING;\n");
+        if report_changes {
+            qb.push("SELECT changes();\n");
         }
     }
-    Ok(inserted)
+    Ok(())
+}
+
+/// Of `ids`, those that exist as conversions.
+pub async fn existing_ids(
+    conn: &mut SqliteConnection,
+    ids: impl Iterator<Item = &str>,
+) -> Result<HashSet<String>, StoreError> {
+    let ids: Vec<&str> = ids.collect();
+    let mut found = HashSet::with_capacity(ids.len());
+    for chunk in ids.chunks(INSERT_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT id FROM conversions WHERE id IN (");
+        let mut list = qb.separated(", ");
+        for id in chunk {
+            list.push_bind(id.to_string());
+        }
+        qb.push(")");
+        for row in qb.build().persistent(false).fetch_all(&mut *conn).await? {
+            found.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Inserts the decisions as new conversion rows; returns the ids that were inserted.
+async fn insert_new(
+    conn: &mut SqliteConnection,
+    decisions: &[&Decision],
+    now_ms: i64,
+) -> Result<HashSet<String>, StoreError> {
+    let mut qb = QueryBuilder::new("");
+    push_insert_conversions(&mut qb, decisions, now_ms, false)?;
+    let affected = qb
+        .build()
+        .persistent(false)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if affected == decisions.len() as u64 {
+        // The common case: no collisions.
+        return Ok(decisions.iter().map(|d| d.conversion_id.clone()).collect());
+    }
+    existing_ids(conn, decisions.iter().map(|d| d.conversion_id.as_str())).await
 }
 
 /// The conversion an incoming decision collides with.

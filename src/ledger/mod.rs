@@ -78,16 +78,44 @@ pub fn conversion_postings(
     .collect()
 }
 
+/// Rows per multi-row insert (6 binds each).
+const INSERT_CHUNK: usize = 2000;
+
 /// Appends postings in as few statements as the bind limit allows.
 pub async fn insert(
     conn: &mut SqliteConnection,
     postings: &[Posting],
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    for chunk in postings.chunks(2000) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+    if postings.is_empty() {
+        return Ok(());
+    }
+    let mut qb = QueryBuilder::new("");
+    push_insert(&mut qb, postings, now_ms, false);
+    qb.build().persistent(false).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Appends `INSERT INTO ledger_postings` statements (each ending in `;`). With
+/// `only_for_existing`, a line is written only if its conversion row exists — so postings
+/// can ride in the same round trip as conversion inserts that may have been skipped as
+/// duplicates.
+pub fn push_insert(
+    qb: &mut QueryBuilder<Sqlite>,
+    postings: &[Posting],
+    now_ms: i64,
+    only_for_existing: bool,
+) {
+    for chunk in postings.chunks(INSERT_CHUNK) {
+        qb.push(
             "INSERT INTO ledger_postings (conversion_id, kind, account, currency, amount_minor, created_at) ",
         );
+        if only_for_existing {
+            // VALUES columns are named column1..columnN in both SQLite and PostgreSQL.
+            qb.push(
+                "SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6 FROM (",
+            );
+        }
         qb.push_values(chunk, |mut b, p| {
             b.push_bind(p.conversion_id.clone())
                 .push_bind(p.kind.as_str())
@@ -96,9 +124,11 @@ pub async fn insert(
                 .push_bind(p.amount_minor)
                 .push_bind(now_ms);
         });
-        qb.build().execute(&mut *conn).await?;
+        if only_for_existing {
+            qb.push(") AS v WHERE EXISTS (SELECT 1 FROM conversions c WHERE c.id = v.column1)");
+        }
+        qb.push(";\n");
     }
-    Ok(())
 }
 
 /// The negation of everything a conversion has posted so far, so that after it the
