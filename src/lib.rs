@@ -8,6 +8,14 @@
 //! * [`http`] — the only axum module: extracts requests, hands them to the pipeline.
 //! * [`pipeline`] — the one orchestrator: click → redirect; postback → decision → receipt.
 //! * [`s2s`] — the S2S postback source: parameters, aliases, token → canonical postback.
+//! * [`connector`] — webhook sources (`connectors/*.toml`): verify signatures and tokens,
+//!   decode JSON / form / query / SOAP bodies, split into events.
+//! * [`mapping`] — `mappings/<connector>/*.toml`: JSONPath mappings from events to canonical
+//!   postbacks, compiled once, with test cases that `postgate check` runs.
+//! * [`connector`] — webhook sources (`connectors/*.toml`): verify signatures and tokens,
+//!   decode JSON / form / query / SOAP bodies, split into events.
+//! * [`mapping`] — `mappings/<connector>/*.toml`: JSONPath mappings from events to canonical
+//!   postbacks, compiled once, with test cases that `postgate check` runs.
 //! * [`attribution`] — offer terms, click window, lag, FX, payout rules → [`attribution::Decision`];
 //!   then dedupe and status transitions inside the writer's transaction.
 //! * [`ledger`] — double-entry postings and derived balances.
@@ -16,9 +24,11 @@
 
 pub mod attribution;
 pub mod config;
+pub mod connector;
 pub mod domain;
 pub mod http;
 pub mod ledger;
+pub mod mapping;
 pub mod pipeline;
 pub mod s2s;
 pub mod startup;

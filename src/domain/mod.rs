@@ -47,22 +47,31 @@ impl Status {
 /// The contract between the mapping stage and attribution: one conversion event, whatever
 /// its source. Built by the S2S postback parser or by a connector mapping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CanonicalPostback {
     /// Connector name; `postback` for the S2S endpoint.
     pub source: String,
     /// The source's delivery id, when it has one (the dedupe key for webhooks).
+    #[serde(default)]
     pub source_event_id: Option<String>,
     /// Goal name; `None` means the offer's default goal.
+    #[serde(default)]
     pub event: Option<String>,
+    #[serde(default)]
     pub click_id: Option<String>,
-    /// Order / transaction id, kept as an exact string.
+    /// Order / transaction id, kept as an exact string (Shopify ids exceed 2^53).
+    #[serde(default)]
     pub transaction_id: Option<String>,
     pub status: Status,
-    /// Exact amount in `currency`.
+    /// Exact amount in `currency`, serialised as a string so no reader makes it a float.
+    #[serde(default, with = "rust_decimal::serde::str_option")]
     pub amount: Option<Decimal>,
     /// ISO 4217 code as sent; `None` means the offer's currency.
+    #[serde(default)]
     pub currency: Option<String>,
+    #[serde(default)]
     pub occurred_at: Option<DateTime<Utc>>,
+    #[serde(default)]
     pub attributes: BTreeMap<String, String>,
 }
 

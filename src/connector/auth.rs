@@ -1,0 +1,525 @@
+//! Authentication schemes, compiled from `[[auth]]` tables into a closed enum.
+//!
+//! Input: a `RawRequest` (raw body bytes untouched: every platform signs the bytes it sent,
+//! so nothing may re-serialise the body before verification). Output: `Ok(())` or a
+//! [`VerifyError`] with a stable code. Comparisons of secrets and MACs are constant-time
+//! (`Mac::verify_slice`, `subtle::ConstantTimeEq`). New HMAC schemes are assembled from
+//! message parts in TOML; no scheme needs Rust code of its own.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use hmac::{Hmac, KeyInit, Mac};
+use ipnet::IpNet;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+use toml::Spanned;
+
+use super::error::{ConfigError, VerifyError};
+use super::path::{CompiledPath, scalar_text};
+use super::spec::{
+    Algorithm, AuthFile, AuthKind, KeyEncoding, MessagePart, SigEncoding, TimestampUnit,
+};
+use super::{RawRequest, header_field};
+
+/// Base64 that accepts padded and unpadded input and non-zero trailing bits: Standard
+/// Webhooks secrets circulate in all these forms and the reference libraries accept them.
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// A compiled `[[auth]]` entry. Closed on purpose: schemes are data, not plugins.
+#[derive(Debug)]
+pub(crate) enum Auth {
+    Hmac(HmacAuth),
+    Token(TokenAuth),
+    PayloadAllowList {
+        path: CompiledPath,
+        allowed: Vec<String>,
+    },
+    IpAllowList(Vec<IpNet>),
+    None,
+}
+
+#[derive(Debug)]
+pub(crate) struct HmacAuth {
+    algorithm: Algorithm,
+    /// One key, or two while a secret is being rotated.
+    keys: Vec<Vec<u8>>,
+    message: Vec<MessagePart>,
+    sig_header: String,
+    sig_field: Option<String>,
+    sig_list_version: Option<String>,
+    sig_prefix: Option<String>,
+    sig_encoding: SigEncoding,
+    timestamp: Option<Timestamp>,
+    base_url: String,
+}
+
+#[derive(Debug)]
+struct Timestamp {
+    header: String,
+    field: Option<String>,
+    unit: TimestampUnit,
+    tolerance_secs: i64,
+}
+
+#[derive(Debug)]
+pub(crate) struct TokenAuth {
+    tokens: Vec<String>,
+    header: Option<String>,
+    query: Option<String>,
+    prefix: Option<String>,
+}
+
+/// Compiles one `[[auth]]` table; `min_secret_bytes` guards against empty or toy secrets.
+pub(crate) fn compile(
+    file: &Path,
+    text: &str,
+    spanned: &Spanned<AuthFile>,
+    min_secret_bytes: usize,
+) -> Result<Auth, ConfigError> {
+    let a = spanned.get_ref();
+    let here = |reason: String| ConfigError::at_span(file, text, Some(spanned.span()), reason);
+    let at = |span: std::ops::Range<usize>, reason: String| {
+        ConfigError::at_span(file, text, Some(span), reason)
+    };
+    let kind_name = match a.kind {
+        AuthKind::Hmac => "hmac",
+        AuthKind::Token => "token",
+        AuthKind::PayloadAllowList => "payload_allow_list",
+        AuthKind::IpAllowList => "ip_allow_list",
+        AuthKind::None => "none",
+    };
+    // Reject keys that belong to another type, so a typo'd type cannot silently disable a check.
+    let present: Vec<(&str, bool)> = vec![
+        ("algorithm", a.algorithm.is_some()),
+        ("secrets", !a.secrets.is_empty()),
+        ("key_encoding", a.key_encoding.is_some()),
+        ("key_prefix", a.key_prefix.is_some()),
+        ("message", !a.message.is_empty()),
+        ("signature", a.signature.is_some()),
+        ("timestamp", a.timestamp.is_some()),
+        ("base_url", a.base_url.is_some()),
+        ("tokens", !a.tokens.is_empty()),
+        ("header", a.header.is_some()),
+        ("query", a.query.is_some()),
+        ("prefix", a.prefix.is_some()),
+        ("path", a.path.is_some()),
+        ("allowed", !a.allowed.is_empty()),
+        ("cidrs", !a.cidrs.is_empty()),
+    ];
+    let allowed_keys: &[&str] = match a.kind {
+        AuthKind::Hmac => &[
+            "algorithm",
+            "secrets",
+            "key_encoding",
+            "key_prefix",
+            "message",
+            "signature",
+            "timestamp",
+            "base_url",
+        ],
+        AuthKind::Token => &["tokens", "header", "query", "prefix"],
+        AuthKind::PayloadAllowList => &["path", "allowed"],
+        AuthKind::IpAllowList => &["cidrs"],
+        AuthKind::None => &[],
+    };
+    if let Some((k, _)) = present
+        .iter()
+        .find(|(k, set)| *set && !allowed_keys.contains(k))
+    {
+        return Err(here(format!(
+            "field `{k}` does not apply to auth type `{kind_name}`"
+        )));
+    }
+    match a.kind {
+        AuthKind::None => Ok(Auth::None),
+        AuthKind::Hmac => {
+            let algorithm = a
+                .algorithm
+                .ok_or_else(|| here("hmac needs `algorithm` (sha256 | sha1)".into()))?;
+            let key_encoding = a.key_encoding.unwrap_or(KeyEncoding::Raw);
+            if a.secrets.is_empty() || a.secrets.len() > 2 {
+                return Err(here(
+                    "hmac needs `secrets` with one secret, or two during rotation".into(),
+                ));
+            }
+            let mut keys = Vec::new();
+            for s in &a.secrets {
+                let key = decode_key(s.get_ref(), key_encoding, a.key_prefix.as_deref())
+                    .map_err(|r| at(s.span(), r))?;
+                if key.len() < min_secret_bytes {
+                    return Err(at(
+                        s.span(),
+                        format!(
+                            "secret is {} bytes after decoding; at least {min_secret_bytes} are required",
+                            key.len()
+                        ),
+                    ));
+                }
+                keys.push(key);
+            }
+            if a.message.is_empty() {
+                return Err(here("hmac needs `message` (e.g. [\"body\"])".into()));
+            }
+            let sig = a
+                .signature
+                .clone()
+                .ok_or_else(|| here("hmac needs `signature`".into()))?;
+            if sig.field.is_some() && sig.list_version.is_some() {
+                return Err(here(
+                    "signature takes `field` or `list_version`, not both".into(),
+                ));
+            }
+            let uses_ts = a.message.contains(&MessagePart::Timestamp);
+            if uses_ts && a.timestamp.is_none() {
+                return Err(here(
+                    "message uses \"timestamp\" but no `timestamp` is configured".into(),
+                ));
+            }
+            if a.message.contains(&MessagePart::Url) && a.base_url.is_none() {
+                return Err(here(
+                    "message uses \"url\" but no `base_url` is configured".into(),
+                ));
+            }
+            let timestamp = match &a.timestamp {
+                Some(t) if t.tolerance_secs <= 0 => {
+                    return Err(here("timestamp.tolerance_secs must be positive".into()));
+                }
+                Some(t) => Some(Timestamp {
+                    header: t.header.clone(),
+                    field: t.field.clone(),
+                    unit: t.unit,
+                    tolerance_secs: t.tolerance_secs,
+                }),
+                None => None,
+            };
+            Ok(Auth::Hmac(HmacAuth {
+                algorithm,
+                keys,
+                message: a.message.clone(),
+                sig_header: sig.header,
+                sig_field: sig.field,
+                sig_list_version: sig.list_version,
+                sig_prefix: sig.prefix,
+                sig_encoding: sig.encoding,
+                timestamp,
+                base_url: a
+                    .base_url
+                    .clone()
+                    .unwrap_or_default()
+                    .trim_end_matches('/')
+                    .to_string(),
+            }))
+        }
+        AuthKind::Token => {
+            if a.header.is_some() == a.query.is_some() {
+                return Err(here(
+                    "token needs exactly one of `header` or `query`".into(),
+                ));
+            }
+            if a.tokens.is_empty() || a.tokens.len() > 2 {
+                return Err(here(
+                    "token needs `tokens` with one token, or two during rotation".into(),
+                ));
+            }
+            for t in &a.tokens {
+                if t.get_ref().len() < min_secret_bytes {
+                    return Err(at(
+                        t.span(),
+                        format!(
+                            "token is {} bytes; at least {min_secret_bytes} are required",
+                            t.get_ref().len()
+                        ),
+                    ));
+                }
+            }
+            Ok(Auth::Token(TokenAuth {
+                tokens: a.tokens.iter().map(|t| t.get_ref().clone()).collect(),
+                header: a.header.clone(),
+                query: a.query.clone(),
+                prefix: a.prefix.clone(),
+            }))
+        }
+        AuthKind::PayloadAllowList => {
+            let p = a
+                .path
+                .as_ref()
+                .ok_or_else(|| here("payload_allow_list needs `path`".into()))?;
+            let path = CompiledPath::compile(p.get_ref()).map_err(|r| at(p.span(), r))?;
+            if a.allowed.is_empty() {
+                return Err(here(
+                    "payload_allow_list needs a non-empty `allowed`".into(),
+                ));
+            }
+            let mut allowed = Vec::new();
+            for v in &a.allowed {
+                if v.get_ref().trim().is_empty() {
+                    return Err(at(
+                        v.span(),
+                        "allowed value is empty (unset variable?)".into(),
+                    ));
+                }
+                allowed.push(v.get_ref().clone());
+            }
+            Ok(Auth::PayloadAllowList { path, allowed })
+        }
+        AuthKind::IpAllowList => {
+            if a.cidrs.is_empty() {
+                return Err(here("ip_allow_list needs a non-empty `cidrs`".into()));
+            }
+            let mut nets = Vec::new();
+            for c in &a.cidrs {
+                let s = c.get_ref().trim();
+                let net = s
+                    .parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| at(c.span(), format!("`{s}` is not an IP address or CIDR")))?;
+                nets.push(net);
+            }
+            Ok(Auth::IpAllowList(nets))
+        }
+    }
+}
+
+fn decode_key(secret: &str, enc: KeyEncoding, prefix: Option<&str>) -> Result<Vec<u8>, String> {
+    if secret.is_empty() {
+        return Err("secret is empty (unset environment variable?)".into());
+    }
+    let s = match prefix {
+        Some(p) => secret.strip_prefix(p).unwrap_or(secret),
+        None => secret,
+    };
+    match enc {
+        KeyEncoding::Raw => Ok(s.as_bytes().to_vec()),
+        KeyEncoding::Base64 => B64
+            .decode(s.trim())
+            .map_err(|_| "secret is not valid base64 (after removing key_prefix)".to_string()),
+    }
+}
+
+impl Auth {
+    /// Checks that need only the raw request (everything except payload allow-lists).
+    pub(crate) fn verify_raw(&self, req: &RawRequest) -> Result<(), VerifyError> {
+        match self {
+            Auth::Hmac(h) => h.verify(req),
+            Auth::Token(t) => t.verify(req),
+            Auth::IpAllowList(nets) => match req.peer_ip {
+                Some(ip) if nets.iter().any(|n| n.contains(&ip)) => Ok(()),
+                other => Err(VerifyError::IpNotAllowed(other)),
+            },
+            Auth::PayloadAllowList { .. } | Auth::None => Ok(()),
+        }
+    }
+
+    /// Checks on the decoded body: every value at `path` must be allow-listed, and there
+    /// must be at least one (an envelope without an OrganizationId is not trusted).
+    pub(crate) fn verify_payload(&self, body: &Value) -> Result<(), VerifyError> {
+        let Auth::PayloadAllowList { path, allowed } = self else {
+            return Ok(());
+        };
+        let hits = path.select(body);
+        let err = || VerifyError::OrgNotAllowed {
+            path: path.as_str().to_string(),
+        };
+        if hits.is_empty() {
+            return Err(err());
+        }
+        for hit in hits {
+            let v = scalar_text(hit.value).ok_or_else(err)?;
+            if !allowed.iter().any(|a| ct_eq(a.as_bytes(), v.as_bytes())) {
+                return Err(err());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret; contents are compared in constant time.
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+impl TokenAuth {
+    fn verify(&self, req: &RawRequest) -> Result<(), VerifyError> {
+        let (name, got) = match (&self.header, &self.query) {
+            (Some(h), _) => (h.clone(), req.header(h).map(str::to_string)),
+            (None, Some(q)) => (q.clone(), req.query_param(q)),
+            (None, None) => return Err(VerifyError::MissingToken(String::new())),
+        };
+        let got = got
+            .filter(|g| !g.is_empty())
+            .ok_or(VerifyError::MissingToken(name))?;
+        let got = match &self.prefix {
+            Some(p) => got
+                .strip_prefix(p.as_str())
+                .ok_or(VerifyError::BadToken)?
+                .to_string(),
+            None => got,
+        };
+        if self
+            .tokens
+            .iter()
+            .any(|t| ct_eq(t.as_bytes(), got.as_bytes()))
+        {
+            Ok(())
+        } else {
+            Err(VerifyError::BadToken)
+        }
+    }
+}
+
+impl HmacAuth {
+    fn verify(&self, req: &RawRequest) -> Result<(), VerifyError> {
+        let candidates = self.candidates(req)?;
+        // Check the timestamp before the MAC only for error precision; both must pass.
+        let ts = match &self.timestamp {
+            Some(t) => Some(t.check(req)?),
+            None => None,
+        };
+        let message = self.message_bytes(req, ts.as_deref())?;
+        let tried = candidates.len();
+        for key in &self.keys {
+            for sig in &candidates {
+                if self.mac_matches(key, &message, sig) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(VerifyError::BadSignature { tried })
+    }
+
+    /// Decoded signature candidates; undecodable ones are skipped (Stripe: "an unreadable
+    /// extra v1 is ignored"), but no candidate at all is `missing_signature`.
+    fn candidates(&self, req: &RawRequest) -> Result<Vec<Vec<u8>>, VerifyError> {
+        let missing = || VerifyError::MissingSignature(self.sig_header.clone());
+        let raw = req
+            .header(&self.sig_header)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(missing)?;
+        let texts: Vec<&str> = if let Some(field) = &self.sig_field {
+            header_field(raw, field)
+        } else if let Some(version) = &self.sig_list_version {
+            raw.split_ascii_whitespace()
+                .filter_map(|entry| entry.split_once(','))
+                .filter(|(v, _)| v == version)
+                .map(|(_, s)| s)
+                .collect()
+        } else {
+            vec![raw]
+        };
+        let texts: Vec<&str> = texts
+            .into_iter()
+            .map(str::trim)
+            .filter_map(|t| match &self.sig_prefix {
+                Some(p) => t.strip_prefix(p.as_str()),
+                None => Some(t),
+            })
+            .collect();
+        if texts.is_empty() {
+            return Err(missing());
+        }
+        Ok(texts
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .filter_map(|t| match self.sig_encoding {
+                SigEncoding::Hex => hex::decode(t).ok(),
+                SigEncoding::Base64 => B64.decode(t).ok(),
+            })
+            .filter(|b| !b.is_empty())
+            .collect())
+    }
+
+    fn message_bytes(&self, req: &RawRequest, ts: Option<&str>) -> Result<Vec<u8>, VerifyError> {
+        let mut m = Vec::with_capacity(req.body.len() + 128);
+        for part in &self.message {
+            match part {
+                MessagePart::Body => m.extend_from_slice(&req.body),
+                MessagePart::Method => {
+                    m.extend_from_slice(req.method.to_ascii_uppercase().as_bytes())
+                }
+                MessagePart::Url => {
+                    m.extend_from_slice(self.base_url.as_bytes());
+                    m.extend_from_slice(req.path_and_query.as_bytes());
+                }
+                MessagePart::PathAndQuery => m.extend_from_slice(req.path_and_query.as_bytes()),
+                MessagePart::Timestamp => m.extend_from_slice(ts.unwrap_or_default().as_bytes()),
+                MessagePart::Literal(s) => m.extend_from_slice(s.as_bytes()),
+                MessagePart::Header(h) => {
+                    let v = req
+                        .header(h)
+                        .ok_or_else(|| VerifyError::MissingSignature(h.clone()))?;
+                    m.extend_from_slice(v.as_bytes());
+                }
+                MessagePart::HeaderField { header, field } => {
+                    let v = req
+                        .header(header)
+                        .and_then(|raw| header_field(raw, field).into_iter().next())
+                        .ok_or_else(|| {
+                            VerifyError::MissingSignature(format!("{header}:{field}"))
+                        })?;
+                    m.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    fn mac_matches(&self, key: &[u8], message: &[u8], sig: &[u8]) -> bool {
+        // verify_slice compares in constant time and refuses truncated tags.
+        match self.algorithm {
+            Algorithm::Sha256 => Hmac::<sha2::Sha256>::new_from_slice(key)
+                .map(|mut mac| {
+                    mac.update(message);
+                    mac.verify_slice(sig).is_ok()
+                })
+                .unwrap_or(false),
+            Algorithm::Sha1 => Hmac::<sha1::Sha1>::new_from_slice(key)
+                .map(|mut mac| {
+                    mac.update(message);
+                    mac.verify_slice(sig).is_ok()
+                })
+                .unwrap_or(false),
+        }
+    }
+}
+
+impl Timestamp {
+    /// Returns the timestamp text as received (it is signed verbatim) once it is fresh.
+    fn check(&self, req: &RawRequest) -> Result<String, VerifyError> {
+        let name = match &self.field {
+            Some(f) => format!("{}:{f}", self.header),
+            None => self.header.clone(),
+        };
+        let raw = req
+            .header(&self.header)
+            .and_then(|h| match &self.field {
+                Some(f) => header_field(h, f).into_iter().next(),
+                None => Some(h),
+            })
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or(VerifyError::MissingSignature(name))?;
+        let n: i64 = raw
+            .parse()
+            .map_err(|_| VerifyError::BadTimestamp(raw.chars().take(32).collect()))?;
+        let secs = match self.unit {
+            TimestampUnit::Seconds => n,
+            TimestampUnit::Milliseconds => n.div_euclid(1000),
+        };
+        let age = req.received_at.timestamp().saturating_sub(secs);
+        if age.abs() > self.tolerance_secs {
+            return Err(VerifyError::StaleTimestamp {
+                age_secs: age,
+                tolerance_secs: self.tolerance_secs,
+            });
+        }
+        Ok(raw.to_string())
+    }
+}

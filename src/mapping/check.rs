@@ -1,0 +1,203 @@
+//! Offline runners shared by `postgate check`, `postgate map` and `cargo test`.
+//!
+//! * [`check`] compiles `connectors/` and `mappings/` under a project root, then runs every
+//!   `[[test]]` case of every mapping; each problem is a [`ConfigError`] (`file:line: reason`).
+//! * [`map_payload`] turns one payload file into canonical postbacks without a signature
+//!   check and without side effects.
+//!
+//! Both go through the same `Connector::parse_unverified` → `decode` → `MappingSet::map`
+//! path as production minus authentication, so a passing case means the real request maps
+//! the same way once it is verified.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use chrono::Utc;
+
+use super::{MapError, MappingSet};
+use crate::connector::{
+    self, ConfigError, Connector, DecodeError, LoadOptions, RawRequest, VerifyError,
+};
+use crate::domain::CanonicalPostback;
+
+/// Any stage of an offline run failing.
+#[derive(Debug, thiserror::Error)]
+pub enum DryRunError {
+    #[error("body: {0}")]
+    Verify(#[from] VerifyError),
+    #[error("decode: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("map: {0}")]
+    Map(#[from] MapError),
+}
+
+impl DryRunError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DryRunError::Verify(e) => e.code(),
+            DryRunError::Decode(e) => e.code(),
+            DryRunError::Map(e) => e.code(),
+        }
+    }
+}
+
+/// Parses `--header 'K: V'`.
+pub fn parse_header_arg(arg: &str) -> Option<(String, String)> {
+    let (k, v) = arg.split_once(':')?;
+    let k = k.trim();
+    (!k.is_empty()).then(|| (k.to_string(), v.trim().to_string()))
+}
+
+/// Maps one payload as if `connector` had received it, skipping authentication
+/// (`postgate map <connector> <payload-file> --header 'K: V'`).
+pub fn map_payload(
+    connector: &Connector,
+    mappings: &MappingSet,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(String, String)],
+    body: Bytes,
+) -> Result<Vec<CanonicalPostback>, DryRunError> {
+    let req = RawRequest {
+        method: method.to_string(),
+        path_and_query: path_and_query.to_string(),
+        headers: headers.to_vec(),
+        body,
+        peer_ip: None,
+        received_at: Utc::now(),
+    };
+    let verified = connector.parse_unverified(&req)?;
+    let mut out = Vec::new();
+    for ev in connector.decode(&verified)? {
+        out.extend(mappings.map(&ev)?);
+    }
+    Ok(out)
+}
+
+/// Outcome of [`check`].
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub connectors: usize,
+    pub mappings: usize,
+    pub cases_run: usize,
+    pub cases_passed: usize,
+    /// Every problem found, as `file:line: reason`. Empty means all good.
+    pub errors: Vec<ConfigError>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Validates `root/connectors/*.toml` and `root/mappings/**.toml` and runs every mapping
+/// test case (fixture paths are relative to `root`).
+pub fn check(root: &Path, opts: &LoadOptions) -> CheckReport {
+    let mut report = CheckReport::default();
+    let connectors: BTreeMap<String, Connector> =
+        match connector::load_dir(&root.join("connectors"), opts) {
+            Ok(c) => c,
+            Err(e) => {
+                report.errors.extend(e);
+                BTreeMap::new()
+            }
+        };
+    report.connectors = connectors.len();
+    let mappings = match MappingSet::load_dir(&root.join("mappings")) {
+        Ok(m) => m,
+        Err(e) => {
+            report.errors.extend(e);
+            return report;
+        }
+    };
+    report.mappings = mappings.mappings().count();
+    for m in mappings.mappings() {
+        let Some(conn) = connectors.get(m.connector()) else {
+            if report.connectors > 0 {
+                report.errors.push(ConfigError::new(
+                    m.origin(),
+                    0,
+                    format!(
+                        "no connector `{}` (expected connectors/{}.toml)",
+                        m.connector(),
+                        m.connector()
+                    ),
+                ));
+            }
+            continue;
+        };
+        for case in m.tests() {
+            report.cases_run += 1;
+            match run_case(root, conn, &mappings, case) {
+                Ok(()) => report.cases_passed += 1,
+                Err(reason) => report
+                    .errors
+                    .push(ConfigError::new(m.origin(), case.line, reason)),
+            }
+        }
+    }
+    report
+}
+
+fn run_case(
+    root: &Path,
+    conn: &Connector,
+    mappings: &MappingSet,
+    case: &super::TestCase,
+) -> Result<(), String> {
+    let t = &case.spec;
+    let label = t
+        .name
+        .clone()
+        .or_else(|| t.fixture.clone())
+        .unwrap_or_else(|| "unnamed".into());
+    let body = match &t.fixture {
+        Some(rel) => {
+            let fixture: PathBuf = root.join(rel);
+            std::fs::read(&fixture).map_err(|e| {
+                format!(
+                    "test `{label}`: cannot read fixture {}: {e}",
+                    fixture.display()
+                )
+            })?
+        }
+        None => Vec::new(),
+    };
+    let headers: Vec<(String, String)> = t
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let pq = t
+        .path_and_query
+        .clone()
+        .unwrap_or_else(|| format!("/hooks/{}", conn.name()));
+    let got = map_payload(
+        conn,
+        mappings,
+        t.method.as_deref().unwrap_or("POST"),
+        &pq,
+        &headers,
+        Bytes::from(body),
+    );
+    match (&t.expect_error, got) {
+        (Some(code), Err(e)) if e.code() == code => Ok(()),
+        (Some(code), Err(e)) => Err(format!(
+            "test `{label}`: expected error `{code}`, got `{}`: {e}",
+            e.code()
+        )),
+        (Some(code), Ok(pbs)) => Err(format!(
+            "test `{label}`: expected error `{code}`, got {} postback(s)",
+            pbs.len()
+        )),
+        (None, Err(e)) => Err(format!("test `{label}`: {} ({})", e, e.code())),
+        (None, Ok(pbs)) if pbs == t.expect => Ok(()),
+        (None, Ok(pbs)) => Err(format!(
+            "test `{label}`: postbacks differ\n  expected: {}\n  got:      {}",
+            serde_json::to_string(&t.expect).unwrap_or_default(),
+            serde_json::to_string(&pbs).unwrap_or_default()
+        )),
+    }
+}

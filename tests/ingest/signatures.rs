@@ -1,0 +1,443 @@
+//! Signature schemes proven on the platforms' published test vectors (tests/fixtures/*),
+//! using the shipped connector files.
+
+use crate::common::*;
+use base64::Engine as _;
+use chrono::Utc;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::Value;
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v[k].as_str().unwrap_or_else(|| panic!("missing {k}"))
+}
+
+#[test]
+fn shopify_js_vector_verifies_and_fake_hmac_is_a_bad_signature() {
+    let v = json_fixture("shopify/hmac_test_vectors.json");
+    let good = &v["vectors"][0];
+    // The published secret `test_secret_key` is 15 bytes, below the production minimum.
+    let c = shipped(
+        "shopify",
+        &[("SHOPIFY_WEBHOOK_SECRET", s(good, "secret"))],
+        8,
+    );
+    let body = s(good, "body").as_bytes().to_vec();
+    let hdr = s(good, "expected_header");
+    assert_eq!(
+        code(c.verify(&req(
+            "POST",
+            "/hooks/shopify",
+            &[("X-Shopify-Hmac-Sha256", hdr)],
+            body.clone(),
+            Utc::now()
+        ))),
+        "ok"
+    );
+    // Newer deliveries use lowercase header names; lookup is case-insensitive.
+    assert_eq!(
+        code(c.verify(&req(
+            "POST",
+            "/",
+            &[("shopify-hmac-sha256", hdr), ("x-shopify-hmac-sha256", hdr)],
+            body.clone(),
+            Utc::now()
+        ))),
+        "ok"
+    );
+    let fake = &v["vectors"][1];
+    assert_eq!(
+        code(c.verify(&req(
+            "POST",
+            "/",
+            &[("X-Shopify-Hmac-Sha256", s(fake, "header_value"))],
+            body,
+            Utc::now()
+        ))),
+        "bad_signature"
+    );
+}
+
+#[test]
+fn shopify_ruby_vector_verifies_even_with_a_trailing_newline() {
+    let v = json_fixture("shopify/hmac_test_vectors.json");
+    let r = &v["vectors"][2];
+    let c = shipped("shopify", &[("SHOPIFY_WEBHOOK_SECRET", s(r, "secret"))], 8);
+    let sig = s(r, "expected_header_computed");
+    let with_nl = format!("{sig}\n");
+    for h in [sig, with_nl.as_str()] {
+        assert_eq!(
+            code(c.verify(&req(
+                "POST",
+                "/",
+                &[("X-Shopify-Hmac-Sha256", h)],
+                "{}",
+                Utc::now()
+            ))),
+            "ok"
+        );
+    }
+}
+
+#[test]
+fn shopify_missing_empty_and_truncated_signatures_fail() {
+    let c = shipped(
+        "shopify",
+        &[("SHOPIFY_WEBHOOK_SECRET", "test_secret_key")],
+        8,
+    );
+    let body = "{\"foo\": \"bar\"}";
+    let good = "B23tXN681gZ0qIWNRrgtzBE9XSDo5yaUu6wfmhu3a7g=";
+    assert_eq!(
+        code(c.verify(&req("POST", "/", &[], body, Utc::now()))),
+        "missing_signature"
+    );
+    assert_eq!(
+        code(c.verify(&req(
+            "POST",
+            "/",
+            &[("X-Shopify-Hmac-Sha256", "")],
+            body,
+            Utc::now()
+        ))),
+        "missing_signature"
+    );
+    let truncated = base64::engine::general_purpose::STANDARD.encode(
+        &base64::engine::general_purpose::STANDARD
+            .decode(good)
+            .unwrap_or_default()[..16],
+    );
+    assert_eq!(
+        code(c.verify(&req(
+            "POST",
+            "/",
+            &[("X-Shopify-Hmac-Sha256", truncated.as_str())],
+            body,
+            Utc::now()
+        ))),
+        "bad_signature"
+    );
+    // One changed body byte.
+    assert_eq!(
+        code(c.verify(&req(
+            "POST",
+            "/",
+            &[("X-Shopify-Hmac-Sha256", good)],
+            "{\"foo\": \"baz\"}",
+            Utc::now()
+        ))),
+        "bad_signature"
+    );
+}
+
+#[test]
+fn short_and_empty_secrets_are_rejected_at_load_with_the_line() {
+    let p = root().join("connectors/shopify.toml");
+    for secret in ["test_secret_key", ""] {
+        let err = postgate::connector::Connector::load(
+            &p,
+            &opts(&[("SHOPIFY_WEBHOOK_SECRET", secret)], 16),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("shopify.toml:13:"), "{err}");
+        assert!(err.contains("bytes") || err.contains("empty"), "{err}");
+    }
+}
+
+#[test]
+fn standard_webhooks_vector_verifies_at_its_own_time_and_is_stale_now() {
+    let v = json_fixture("standard_webhooks/test_vectors.json");
+    let g = &v["vectors"][0];
+    let c = shipped(
+        "standard-webhooks",
+        &[("STANDARD_WEBHOOKS_SECRET", s(g, "secret"))],
+        16,
+    );
+    let ts = g["timestamp"].as_i64().unwrap_or_default();
+    let h = |sig: &str| {
+        vec![
+            ("webhook-id".to_string(), s(g, "msg_id").to_string()),
+            ("webhook-timestamp".to_string(), ts.to_string()),
+            ("webhook-signature".to_string(), sig.to_string()),
+        ]
+    };
+    let mk = |sig: &str, now| {
+        let mut r = req("POST", "/", &[], s(g, "payload").to_string(), now);
+        r.headers = h(sig);
+        r
+    };
+    let sig = s(g, "expected_signature_header");
+    assert_eq!(code(c.verify(&mk(sig, at(ts)))), "ok");
+    assert_eq!(code(c.verify(&mk(sig, at(ts + 299)))), "ok");
+    assert_eq!(code(c.verify(&mk(sig, at(ts + 301)))), "stale_timestamp");
+    assert_eq!(code(c.verify(&mk(sig, Utc::now()))), "stale_timestamp");
+    let near_miss = s(&v["vectors"][1], "webhook-signature");
+    assert_eq!(code(c.verify(&mk(near_miss, at(ts)))), "bad_signature");
+    let multi = s(&v["vectors"][2], "webhook-signature").replace("<valid v1 signature>", sig);
+    assert_eq!(code(c.verify(&mk(&multi, at(ts)))), "ok");
+    for garbage in v["vectors"][3]["webhook-signature-values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        assert_eq!(
+            code(c.verify(&mk(garbage.as_str().unwrap_or_default(), at(ts)))),
+            "bad_signature",
+            "{garbage}"
+        );
+    }
+    assert_eq!(
+        code(c.verify(&mk("v1a,abc v2,xyz", at(ts)))),
+        "missing_signature"
+    );
+}
+
+fn sign_b64(key: &[u8], msg: &[u8]) -> String {
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap_or_else(|_| panic!("key"));
+    m.update(msg);
+    base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
+}
+
+#[test]
+fn standard_webhooks_unpadded_secrets_and_rotation_work() {
+    let v = json_fixture("standard_webhooks/test_vectors.json");
+    let lenient = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    for secret in v["vectors"][4]["secrets_that_must_work_unpadded"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let secret = secret.as_str().unwrap_or_default();
+        let key = lenient.decode(secret).unwrap_or_default();
+        let other = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let text = std::fs::read_to_string(root().join("connectors/standard-webhooks.toml"))
+            .unwrap_or_default()
+            .replace(
+                "[\"${STANDARD_WEBHOOKS_SECRET}\"]",
+                &format!("[\"{other}\", \"{secret}\"]"),
+            );
+        let c = inline(&text, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let sig = format!("v1,{}", sign_b64(&key, b"msg_1.1700000000.{}"));
+        let mut r = req("POST", "/", &[], "{}", at(1_700_000_000));
+        r.headers = vec![
+            ("webhook-id".into(), "msg_1".into()),
+            ("webhook-timestamp".into(), "1700000000".into()),
+            ("webhook-signature".into(), sig),
+        ];
+        assert_eq!(code(c.verify(&r)), "ok", "secret {secret}");
+    }
+}
+
+#[test]
+fn stripe_vectors_verify_with_pinned_clock_and_roll_secrets() {
+    let v = json_fixture("stripe/signature_test_vectors.json");
+    for vec in v["vectors"].as_array().into_iter().flatten() {
+        let c = shipped("stripe", &[("STRIPE_WEBHOOK_SECRET", s(vec, "secret"))], 16);
+        let ts = vec["timestamp"].as_i64().unwrap_or_default();
+        let r = |now| {
+            req(
+                "POST",
+                "/",
+                &[("Stripe-Signature", s(vec, "stripe_signature_header"))],
+                s(vec, "payload").to_string(),
+                now,
+            )
+        };
+        assert_eq!(code(c.verify(&r(at(ts)))), "ok");
+        assert_eq!(code(c.verify(&r(Utc::now()))), "stale_timestamp");
+    }
+    let rolled = &v["rolled_secret_vector"];
+    let ts = rolled["timestamp"].as_i64().unwrap_or_default();
+    for secret in rolled["secrets"].as_array().into_iter().flatten() {
+        let c = shipped(
+            "stripe",
+            &[("STRIPE_WEBHOOK_SECRET", secret.as_str().unwrap_or_default())],
+            16,
+        );
+        let r = req(
+            "POST",
+            "/",
+            &[("Stripe-Signature", s(rolled, "stripe_signature_header"))],
+            s(rolled, "payload").to_string(),
+            at(ts),
+        );
+        assert_eq!(code(c.verify(&r)), "ok");
+    }
+}
+
+#[test]
+fn stripe_negative_cases_from_the_official_tests_fail() {
+    let v = json_fixture("stripe/signature_test_vectors.json");
+    let g = &v["vectors"][0];
+    let c = shipped(
+        "stripe",
+        &[("STRIPE_WEBHOOK_SECRET", "whsec_test_secret")],
+        16,
+    );
+    let ts = 1492774577;
+    let body = s(g, "payload").to_string();
+    let check = |h: &str| {
+        code(c.verify(&req(
+            "POST",
+            "/",
+            &[("Stripe-Signature", h)],
+            body.clone(),
+            at(ts),
+        )))
+    };
+    let good = s(g, "stripe_signature_header");
+    let sig = s(g, "expected_v1");
+    assert_eq!(check(""), "missing_signature");
+    assert_eq!(check("v1,t=1"), "missing_signature");
+    assert_eq!(check("t="), "missing_signature");
+    assert_eq!(check(&format!("{good},v1=bad_signature")), "ok");
+    assert_eq!(check(&format!("t={ts},v0={sig}")), "missing_signature");
+    assert_eq!(check(&format!("t={ts},v1=deadbeef")), "bad_signature");
+    // A signature for another timestamp does not verify: the timestamp is signed.
+    assert_eq!(check(&format!("t={},v1={sig}", ts + 1)), "bad_signature");
+}
+
+#[test]
+fn hubspot_v3_vector_verifies_within_five_minutes_only() {
+    let v = json_fixture("hubspot/signature_test_vectors.json");
+    let g = v["vectors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["version"] == "v3")
+        .cloned()
+        .unwrap_or_default();
+    let c = shipped(
+        "hubspot",
+        &[
+            ("HUBSPOT_CLIENT_SECRET", s(&v, "client_secret")),
+            ("HUBSPOT_PUBLIC_BASE_URL", "https://www.example.com"),
+        ],
+        16,
+    );
+    let ts_ms: i64 = s(&g, "timestamp_ms").parse().unwrap_or_default();
+    let r = |now| {
+        req(
+            s(&g, "method"),
+            "/webhook_uri",
+            &[
+                ("X-HubSpot-Signature-v3", s(&g, "expected")),
+                ("X-HubSpot-Request-Timestamp", s(&g, "timestamp_ms")),
+            ],
+            s(&g, "request_body").to_string(),
+            now,
+        )
+    };
+    // The vector body is not JSON (Python dict syntax), so check the signature stage alone.
+    assert_eq!(code(c.check_signature(&r(at(ts_ms / 1000)))), "ok");
+    assert_eq!(code(c.verify(&r(at(ts_ms / 1000)))), "malformed_body");
+    assert_eq!(
+        code(c.check_signature(&r(at(ts_ms / 1000 + 301)))),
+        "stale_timestamp"
+    );
+    let mut wrong_method = r(at(ts_ms / 1000));
+    wrong_method.method = "PUT".into();
+    assert_eq!(code(c.check_signature(&wrong_method)), "bad_signature");
+}
+
+#[test]
+fn github_docs_vector_verifies_with_the_sha256_prefix() {
+    // Published in GitHub's "Validating webhook deliveries" guide.
+    let c = shipped(
+        "github",
+        &[("GITHUB_WEBHOOK_SECRET", "It's a Secret to Everybody")],
+        16,
+    );
+    let sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    assert_eq!(
+        code(c.check_signature(&req(
+            "POST",
+            "/",
+            &[("X-Hub-Signature-256", sig)],
+            "Hello, World!",
+            Utc::now()
+        ))),
+        "ok"
+    );
+    let no_prefix = sig.trim_start_matches("sha256=");
+    assert_eq!(
+        code(c.check_signature(&req(
+            "POST",
+            "/",
+            &[("X-Hub-Signature-256", no_prefix)],
+            "Hello, World!",
+            Utc::now()
+        ))),
+        "missing_signature"
+    );
+}
+
+#[test]
+fn woocommerce_signature_over_the_real_order_body_verifies() {
+    let secret = "woocommerce-webhook-secret-1234";
+    let body = fixture("woocommerce/order_created.rest-api-docs-v3.json");
+    let c = shipped("woocommerce", &[("WOOCOMMERCE_WEBHOOK_SECRET", secret)], 16);
+    let sig = sign_b64(secret.as_bytes(), &body);
+    assert_eq!(
+        code(c.verify(&req(
+            "POST",
+            "/",
+            &[("X-WC-Webhook-Signature", sig.as_str())],
+            body.clone(),
+            Utc::now()
+        ))),
+        "ok"
+    );
+    let other = sign_b64(b"another-secret-of-enough-length", &body);
+    assert_eq!(
+        code(c.verify(&req(
+            "POST",
+            "/",
+            &[("X-WC-Webhook-Signature", other.as_str())],
+            body,
+            Utc::now()
+        ))),
+        "bad_signature"
+    );
+}
+
+#[test]
+fn sha1_hmac_is_supported_for_legacy_sources() {
+    let c = inline(
+        r#"
+[body]
+format = "json"
+[[auth]]
+type = "hmac"
+algorithm = "sha1"
+secrets = ["a-sha1-secret-of-20b"]
+message = ["body"]
+signature = { header = "X-Hub-Signature", prefix = "sha1=", encoding = "hex" }
+[event]
+type = { constant = "ping" }
+id = { header = "X-Id" }
+"#,
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut m = Hmac::<sha1::Sha1>::new_from_slice(b"a-sha1-secret-of-20b")
+        .unwrap_or_else(|_| panic!("key"));
+    m.update(b"{}");
+    let sig = format!("sha1={}", hex::encode(m.finalize().into_bytes()));
+    assert_eq!(
+        code(c.verify(&req(
+            "POST",
+            "/",
+            &[("X-Hub-Signature", sig.as_str())],
+            "{}",
+            Utc::now()
+        ))),
+        "ok"
+    );
+}
