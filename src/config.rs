@@ -50,6 +50,26 @@ pub struct Settings {
     pub advertisers: Vec<AdvertiserSpec>,
     pub affiliates: Vec<AffiliateSpec>,
     pub offers: Vec<OfferSpec>,
+    pub hooks: HooksSettings,
+}
+
+/// Webhook sources: which connector files to load and whose conversions they report.
+#[derive(Debug, Clone)]
+pub struct HooksSettings {
+    pub connectors_dir: PathBuf,
+    pub mappings_dir: PathBuf,
+    pub enabled: Vec<HookSpec>,
+    /// Where `${VAR}`s in connector files get their values.
+    pub env: crate::connector::Env,
+}
+
+/// One enabled webhook source.
+#[derive(Debug, Clone)]
+pub struct HookSpec {
+    /// `connectors/<connector>.toml`, served at `/hooks/<connector>`.
+    pub connector: String,
+    /// The advertiser whose offers and transactions this source reports on.
+    pub advertiser: String,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +249,24 @@ struct RawFile {
     affiliates: Vec<RawAffiliate>,
     #[serde(default)]
     offers: Vec<RawOffer>,
+    #[serde(default)]
+    hooks: Vec<RawHook>,
+    #[serde(default)]
+    paths: RawPaths,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    connectors: Option<String>,
+    mappings: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    connector: String,
+    advertiser: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -738,6 +776,32 @@ fn validate(
         });
     }
 
+    let mut enabled: Vec<HookSpec> = Vec::new();
+    for (i, h) in raw.hooks.into_iter().enumerate() {
+        if !advertisers.iter().any(|a| a.key == h.advertiser) {
+            return Err(invalid(
+                format!("hooks[{i}].advertiser"),
+                format!("no advertiser {:?} is declared", h.advertiser),
+            ));
+        }
+        if enabled.iter().any(|e| e.connector == h.connector) {
+            return Err(invalid(
+                format!("hooks[{i}].connector"),
+                format!("connector {:?} is enabled twice", h.connector),
+            ));
+        }
+        enabled.push(HookSpec {
+            connector: h.connector,
+            advertiser: h.advertiser,
+        });
+    }
+    let hooks = HooksSettings {
+        connectors_dir: PathBuf::from(raw.paths.connectors.unwrap_or_else(|| "connectors".into())),
+        mappings_dir: PathBuf::from(raw.paths.mappings.unwrap_or_else(|| "mappings".into())),
+        enabled,
+        env: crate::connector::Env::Process,
+    };
+
     Ok(Settings {
         path: path.to_owned(),
         server,
@@ -748,6 +812,7 @@ fn validate(
         advertisers,
         affiliates,
         offers,
+        hooks,
     })
 }
 

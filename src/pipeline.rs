@@ -4,6 +4,10 @@
 //!   from the offer record (never from the query string) → click row queued for the writer.
 //! * Postback: parameters → [`s2s::parse`] (token, aliases) → [`attribution::evaluate`] (pure,
 //!   on this task) → writer (dedupe, transitions, ledger; one commit per batch) → [`Receipt`].
+//! * Webhook: [`RawRequest`] → [`Connector::verify`] → [`Connector::decode`] (events) →
+//!   [`MappingSet::map`] (canonical postbacks) → evaluate → writer, together with the raw
+//!   request and every event that could not be mapped → [`HookAnswer`] in the source's
+//!   own terms (JSON, or e.g. Salesforce's SOAP Ack — sent only after the commit).
 //!
 //! HTTP handlers only extract and delegate here; nothing in this module knows about axum.
 
@@ -13,13 +17,19 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use chrono::Utc;
 
+use std::collections::HashMap;
+
+use serde::Serialize;
+
 use crate::attribution::{self, InputError};
 use crate::config::OfferStatus;
-use crate::domain::{ClickId, ClickKeyRing, ReasonCode, Receipt};
+use crate::connector::{Connector, DecodeError, RawRequest, VerifyError};
+use crate::domain::{ClickId, ClickKeyRing, Reason, ReasonCode, Receipt, Verdict};
+use crate::mapping::MappingSet;
 use crate::s2s::{self, Params, S2sError};
 use crate::store::Store;
 use crate::store::catalog::Catalog;
-use crate::store::writer::{ClickRow, WriteFailed};
+use crate::store::writer::{ClickRow, FailureRecord, Ingest, RawRecord, WriteFailed};
 
 /// Shared state of the request paths.
 #[derive(Clone)]
@@ -27,6 +37,74 @@ pub struct Pipeline {
     pub catalog: Arc<ArcSwap<Catalog>>,
     pub keys: Arc<ClickKeyRing>,
     pub store: Store,
+    pub hooks: Arc<Hooks>,
+}
+
+/// The enabled webhook sources, compiled at start-up.
+#[derive(Default)]
+pub struct Hooks {
+    pub sources: HashMap<String, Hook>,
+    pub mappings: MappingSet,
+}
+
+/// One enabled source: how to verify and decode it, and whose conversions it reports.
+pub struct Hook {
+    pub connector: Connector,
+    pub advertiser_id: i64,
+}
+
+/// Why a webhook request was refused as a whole (nothing recorded).
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("no enabled connector {0:?}")]
+    UnknownConnector(String),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("the request could not be stored")]
+    Store(#[from] WriteFailed),
+}
+
+impl HookError {
+    pub fn code(&self) -> ReasonCode {
+        match self {
+            Self::UnknownConnector(_) => ReasonCode::UnknownConnector,
+            Self::Verify(e) => match e.code() {
+                "body_too_large" => ReasonCode::PayloadTooLarge,
+                other => ReasonCode::from_name(other).unwrap_or(ReasonCode::BadSignature),
+            },
+            Self::Decode(e) => ReasonCode::from_name(e.code()).unwrap_or(ReasonCode::MalformedBody),
+            Self::Store(_) => ReasonCode::StorageUnavailable,
+        }
+    }
+}
+
+/// What a webhook source is told once its request is durably recorded.
+#[derive(Debug)]
+pub enum HookAnswer {
+    /// postgate's JSON receipt, one entry per event.
+    Json(HookReceipt),
+    /// The fixed body the source needs (Salesforce: `<Ack>true</Ack>`).
+    Text { content_type: String, body: String },
+}
+
+/// The JSON answer to a webhook: the request was recorded; what became of each event.
+#[derive(Debug, Serialize)]
+pub struct HookReceipt {
+    pub status: &'static str,
+    pub request_id: String,
+    pub events: Vec<EventReceipt>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventReceipt {
+    pub event_id: String,
+    pub event_type: String,
+    /// `accepted`, `duplicate`, `rejected` or `unmapped` (recorded, no conversion).
+    pub status: &'static str,
+    pub conversion_id: Option<String>,
+    pub reasons: Vec<Reason>,
 }
 
 /// A click as the HTTP layer hands it over.
@@ -168,6 +246,154 @@ impl Pipeline {
             attribution::evaluate(&catalog, &self.keys, advertiser, postback, Utc::now())?
         };
         Ok(self.store.writer.submit(decision).await?)
+    }
+}
+
+impl Pipeline {
+    /// Verifies, decodes, maps and judges one webhook request; every verified request is
+    /// recorded raw with its events' outcomes. Returns after the commit.
+    pub async fn hook(&self, name: &str, raw: RawRequest) -> Result<HookAnswer, HookError> {
+        let hook = self
+            .hooks
+            .sources
+            .get(name)
+            .ok_or_else(|| HookError::UnknownConnector(name.to_owned()))?;
+        let verified = hook.connector.verify(&raw)?;
+        let events = hook.connector.decode(&verified)?;
+
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let mut work = Ingest {
+            raw: Some(raw_record(&request_id, name, &raw, events.len())),
+            ..Ingest::default()
+        };
+        // Per event: the indexes of its decisions in `work.decisions`, or its failure.
+        let mut slots: Vec<(String, String, Result<Vec<usize>, Reason>)> = Vec::new();
+        {
+            let catalog = self.catalog.load();
+            let Some(advertiser) = catalog.advertiser(hook.advertiser_id) else {
+                return Err(HookError::UnknownConnector(name.to_owned()));
+            };
+            for event in &events {
+                let outcome = match self.hooks.mappings.map(event) {
+                    Ok(postbacks) => {
+                        let mut indexes = Vec::new();
+                        let mut failed = None;
+                        for (n, postback) in postbacks.into_iter().enumerate() {
+                            match attribution::evaluate(
+                                &catalog,
+                                &self.keys,
+                                advertiser,
+                                postback,
+                                raw.received_at,
+                            ) {
+                                Ok(mut d) => {
+                                    d.event_key = Some(format!("{name}:{}:{n}", event.event_id()));
+                                    d.raw_request_id = Some(request_id.clone());
+                                    indexes.push(work.decisions.len());
+                                    work.decisions.push(d);
+                                }
+                                Err(e) => failed = Some(Reason::new(e.code(), e.to_string())),
+                            }
+                        }
+                        match failed {
+                            Some(reason) if indexes.is_empty() => Err(reason),
+                            _ => Ok(indexes),
+                        }
+                    }
+                    Err(e) => Err(Reason::new(
+                        ReasonCode::from_name(e.code()).unwrap_or(ReasonCode::UnmappedEvent),
+                        e.to_string(),
+                    )),
+                };
+                if let Err(reason) = &outcome {
+                    work.failures.push(FailureRecord {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        raw_request_id: request_id.clone(),
+                        connector: name.to_owned(),
+                        event_type: Some(event.event_type().to_owned()),
+                        event_id: Some(event.event_id().to_owned()),
+                        code: reason.code.as_str().to_owned(),
+                        message: reason.message.clone(),
+                    });
+                }
+                slots.push((
+                    event.event_id().to_owned(),
+                    event.event_type().to_owned(),
+                    outcome,
+                ));
+            }
+        }
+
+        let receipts = self.store.writer.ingest(work).await?;
+        Ok(match hook.connector.receipt() {
+            crate::connector::Receipt::Text { content_type, body } => HookAnswer::Text {
+                content_type: content_type.clone(),
+                body: body.clone(),
+            },
+            crate::connector::Receipt::Json => HookAnswer::Json(HookReceipt {
+                status: "accepted",
+                request_id,
+                events: slots
+                    .into_iter()
+                    .flat_map(|(event_id, event_type, outcome)| match outcome {
+                        Err(reason) => vec![EventReceipt {
+                            event_id,
+                            event_type,
+                            status: "unmapped",
+                            conversion_id: None,
+                            reasons: vec![reason],
+                        }],
+                        Ok(indexes) => indexes
+                            .into_iter()
+                            .filter_map(|i| receipts.get(i))
+                            .map(|r| EventReceipt {
+                                event_id: event_id.clone(),
+                                event_type: event_type.clone(),
+                                status: match r.status {
+                                    Verdict::Accepted => "accepted",
+                                    Verdict::Duplicate => "duplicate",
+                                    Verdict::Rejected => "rejected",
+                                },
+                                conversion_id: r.conversion_id.clone(),
+                                reasons: r.reasons.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }),
+        })
+    }
+}
+
+/// Headers that carry credentials are not kept.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+];
+
+fn raw_record(id: &str, connector: &str, raw: &RawRequest, events: usize) -> RawRecord {
+    let headers: Vec<(&str, &str)> = raw
+        .headers
+        .iter()
+        .filter(|(k, _)| !SECRET_HEADERS.contains(&k.to_ascii_lowercase().as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    RawRecord {
+        id: id.to_owned(),
+        connector: connector.to_owned(),
+        received_at_ms: raw.received_at.timestamp_millis(),
+        method: raw.method.clone(),
+        path: raw
+            .path_and_query
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        headers_json: serde_json::to_string(&headers).unwrap_or_else(|_| "[]".to_owned()),
+        body: raw.body.clone(),
+        events: events as i64,
     }
 }
 

@@ -8,9 +8,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
+use std::collections::HashMap;
+
 use crate::config::Settings;
+use crate::connector::{Connector, LoadOptions};
 use crate::http::{AppState, router};
+use crate::mapping::MappingSet;
 use crate::pipeline::Pipeline;
+use crate::pipeline::{Hook, Hooks};
 use crate::store::{self, Store, StoreError, catalog, writer};
 
 /// Why the gateway could not start.
@@ -18,6 +23,8 @@ use crate::store::{self, Store, StoreError, catalog, writer};
 pub enum StartupError {
     #[error("cannot open the database")]
     Store(#[from] StoreError),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Definitions(Vec<crate::connector::ConfigError>),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -50,6 +57,7 @@ impl Application {
             settings.fx_rates.clone(),
         )
         .await?;
+        let hooks = load_hooks(settings, &snapshot)?;
         let (writer, writer_task) = writer::spawn(conn, settings.writer.max_batch);
         let checkpoint_task = tokio::spawn(store::checkpoint_loop(
             checkpointer,
@@ -69,6 +77,7 @@ impl Application {
                 catalog: Arc::new(ArcSwap::from_pointee(snapshot)),
                 keys: Arc::new(keys),
                 store: Store::new(read, writer),
+                hooks: Arc::new(hooks),
             },
             admin_token: settings.server.admin_token.as_deref().map(Arc::from),
             client_ip_header: settings.server.client_ip_header.as_deref().map(Arc::from),
@@ -104,6 +113,59 @@ impl Application {
         }
         self.checkpoint_task.abort();
         Ok(())
+    }
+}
+
+/// Compiles the enabled connectors and every mapping; any error stops start-up.
+pub fn load_hooks(
+    settings: &Settings,
+    catalog: &crate::store::catalog::Catalog,
+) -> Result<Hooks, StartupError> {
+    if settings.hooks.enabled.is_empty() {
+        return Ok(Hooks::default());
+    }
+    let options = LoadOptions {
+        env: settings.hooks.env.clone(),
+        ..LoadOptions::default()
+    };
+    let mut errors = Vec::new();
+    let mut sources = HashMap::new();
+    for spec in &settings.hooks.enabled {
+        let path = settings
+            .hooks
+            .connectors_dir
+            .join(format!("{}.toml", spec.connector));
+        let Some(advertiser) = catalog.advertiser_by_key(&spec.advertiser) else {
+            errors.push(crate::connector::ConfigError::new(
+                &settings.path,
+                0,
+                format!("hooks: no advertiser {:?}", spec.advertiser),
+            ));
+            continue;
+        };
+        match Connector::load(&path, &options) {
+            Ok(connector) => {
+                sources.insert(
+                    spec.connector.clone(),
+                    Hook {
+                        connector,
+                        advertiser_id: advertiser.id,
+                    },
+                );
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let mappings = match MappingSet::load_dir(&settings.hooks.mappings_dir) {
+        Ok(m) => Some(m),
+        Err(mut e) => {
+            errors.append(&mut e);
+            None
+        }
+    };
+    match (errors.is_empty(), mappings) {
+        (true, Some(mappings)) => Ok(Hooks { sources, mappings }),
+        _ => Err(StartupError::Definitions(errors)),
     }
 }
 

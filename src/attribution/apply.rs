@@ -23,7 +23,7 @@ use crate::domain::{Reason, ReasonCode, Receipt, Status, Verdict};
 use crate::ledger::{self, Posting};
 use crate::store::StoreError;
 
-/// Rows per multi-row insert (26 binds each, well under SQLite's 32 766).
+/// Rows per multi-row insert (28 binds each, well under SQLite's 32 766).
 const INSERT_CHUNK: usize = 500;
 
 /// Applies `decisions` in order; see the module docs.
@@ -57,7 +57,7 @@ pub async fn apply_batch(
 
 /// Whether a decision can go through the fast path: a new row, not a status update.
 pub fn is_fresh(d: &Decision) -> bool {
-    d.status != Status::Reversed || d.is_rejected()
+    !d.is_update_only() && (d.status != Status::Reversed || d.is_rejected())
 }
 
 /// The postings a freshly inserted decision brings: an accepted approval pays out at once.
@@ -120,7 +120,7 @@ pub fn push_insert_conversions(
                 advertiser_id, offer_id, affiliate_id, goal, click_id, clicked_at, transaction_id,
                 status, decision, reasons, amount_minor, currency, fx_rate, network_currency,
                 network_amount_minor, payout_minor, revenue_minor, occurred_at, attributes,
-                txn_key, click_goal_key) ",
+                txn_key, click_goal_key, event_key, raw_request_id) ",
         );
         qb.push_values(
             chunk.iter().zip(encoded),
@@ -161,7 +161,9 @@ pub fn push_insert_conversions(
                     .push_bind(d.occurred_at.map(|t| t.timestamp_millis()))
                     .push_bind(attributes)
                     .push_bind(d.txn_key.clone().filter(|_| keys))
-                    .push_bind(d.click_goal_key.clone().filter(|_| keys));
+                    .push_bind(d.click_goal_key.clone().filter(|_| keys))
+                    .push_bind(d.event_key.clone().filter(|_| keys))
+                    .push_bind(d.raw_request_id.clone());
             },
         );
         qb.push(" ON CONFLICT DO NOTHING;\n");
@@ -239,6 +241,13 @@ async fn find_existing(
     d: &Decision,
 ) -> Result<Option<Existing>, StoreError> {
     let mut lookups: Vec<(String, String, ReasonCode)> = Vec::new();
+    if let Some(k) = &d.event_key {
+        lookups.push((
+            format!("{EXISTING_SELECT} WHERE c.event_key = $1"),
+            k.clone(),
+            ReasonCode::DuplicateEvent,
+        ));
+    }
     if let Some(k) = &d.txn_key {
         lookups.push((
             format!("{EXISTING_SELECT} WHERE c.txn_key = $1"),
@@ -251,6 +260,13 @@ async fn find_existing(
             format!("{EXISTING_SELECT} WHERE c.click_goal_key = $1"),
             k.clone(),
             ReasonCode::DuplicateClickGoal,
+        ));
+    }
+    for k in &d.txn_candidates {
+        lookups.push((
+            format!("{EXISTING_SELECT} WHERE c.txn_key = $1"),
+            k.clone(),
+            ReasonCode::DuplicateTransaction,
         ));
     }
     for (sql, key, by) in lookups {
@@ -284,7 +300,7 @@ async fn resolve_existing(
     now_ms: i64,
 ) -> Result<Receipt, StoreError> {
     let Some(e) = find_existing(conn, d).await? else {
-        if d.status == Status::Reversed {
+        if d.status == Status::Reversed || d.is_update_only() {
             // Record the unmatched reversal so it is not lost; it holds no dedupe key, so
             // the conversion it refers to can still arrive (out-of-order delivery).
             let mut unmatched = d.clone();
@@ -292,7 +308,11 @@ async fn resolve_existing(
             unmatched.click_goal_key = None;
             unmatched.rejections.push(Reason::new(
                 ReasonCode::UnknownTransaction,
-                "no conversion matches this reversal's transaction or click",
+                if d.is_update_only() {
+                    "no click ID was sent and no conversion matches this transaction"
+                } else {
+                    "no conversion matches this reversal's transaction or click"
+                },
             ));
             insert_new(conn, &[&unmatched], now_ms).await?;
             return Ok(own_receipt(&unmatched));
@@ -312,6 +332,7 @@ async fn resolve_existing(
                 ReasonCode::DuplicateTransaction => {
                     "this transaction was already recorded for the offer"
                 }
+                ReasonCode::DuplicateEvent => "this event was already received",
                 _ => "this click already converted on this goal",
             },
         )],
@@ -319,7 +340,12 @@ async fn resolve_existing(
     // Time-based rejections do not apply to a status update of a conversion that already
     // passed them (an approval may come after the conversion window closed).
     let structural_rejection = d.rejections.iter().any(|r| !TIME_RULES.contains(&r.code));
-    if e.rejected || structural_rejection || d.status == e.status {
+    // A redelivered event is a duplicate whatever has happened to its conversion since.
+    if e.rejected
+        || structural_rejection
+        || d.status == e.status
+        || e.by == ReasonCode::DuplicateEvent
+    {
         return Ok(duplicate(&e));
     }
 

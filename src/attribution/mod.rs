@@ -89,11 +89,23 @@ pub struct Decision {
     pub txn_key: Option<String>,
     /// `click_id:goal`: one conversion per click and goal, unless the goal repeats.
     pub click_goal_key: Option<String>,
+    /// `source:source_event_id:n`: a redelivered webhook event is a duplicate.
+    pub event_key: Option<String>,
+    /// The raw webhook request this came from, if any.
+    pub raw_request_id: Option<String>,
+    /// For an update without a click ID: the `txn_key`s it may refer to (one per offer of
+    /// the advertiser). Such a decision never creates a conversion; it only updates one.
+    pub txn_candidates: Vec<String>,
 }
 
 impl Decision {
     pub fn is_rejected(&self) -> bool {
         !self.rejections.is_empty()
+    }
+
+    /// An update by transaction only (no click): it can change a conversion, not create one.
+    pub fn is_update_only(&self) -> bool {
+        !self.is_rejected() && self.click_id.is_none() && !self.txn_candidates.is_empty()
     }
 
     /// Whether the recorded row claims the dedupe keys. A rejection for something the
@@ -140,10 +152,27 @@ pub fn evaluate(
         attributes: postback.attributes,
         txn_key: None,
         click_goal_key: None,
+        event_key: None,
+        raw_request_id: None,
+        txn_candidates: Vec::new(),
     };
 
-    let Some(click_text) = postback.click_id.as_deref() else {
-        d.reject(ReasonCode::MalformedClickId, "no click ID was sent");
+    let Some(click_text) = postback.click_id.as_deref().filter(|c| !c.is_empty()) else {
+        // Refunds and status changes often carry the order but not the click: find the
+        // conversion by transaction among this advertiser's offers.
+        d.click_id = None;
+        match &d.transaction_id {
+            Some(txn) => {
+                d.txn_candidates = catalog
+                    .offers_of(advertiser.id)
+                    .map(|offer_id| format!("{offer_id}:{txn}"))
+                    .collect();
+            }
+            None => d.reject(
+                ReasonCode::MalformedClickId,
+                "no click ID and no transaction ID were sent",
+            ),
+        }
         return Ok(d);
     };
     let click = match keys.verify(click_text) {

@@ -121,6 +121,23 @@ pub enum ReasonCode {
     NotFound,
     StorageUnavailable,
     Internal,
+    // Webhook sources.
+    UnknownConnector,
+    MissingSignature,
+    BadSignature,
+    BadTimestamp,
+    StaleTimestamp,
+    MissingToken,
+    OrgNotAllowed,
+    MalformedBody,
+    TooManyEvents,
+    MissingEventType,
+    MissingEventId,
+    UnmappedEvent,
+    MissingField,
+    WrongType,
+    BadValue,
+    DuplicateEvent,
 }
 
 impl ReasonCode {
@@ -152,9 +169,75 @@ impl ReasonCode {
             Self::NotFound => "not_found",
             Self::StorageUnavailable => "storage_unavailable",
             Self::Internal => "internal",
+            Self::UnknownConnector => "unknown_connector",
+            Self::MissingSignature => "missing_signature",
+            Self::BadSignature => "bad_signature",
+            Self::BadTimestamp => "bad_timestamp",
+            Self::StaleTimestamp => "stale_timestamp",
+            Self::MissingToken => "missing_token",
+            Self::OrgNotAllowed => "org_not_allowed",
+            Self::MalformedBody => "malformed_body",
+            Self::TooManyEvents => "too_many_events",
+            Self::MissingEventType => "missing_event_type",
+            Self::MissingEventId => "missing_event_id",
+            Self::UnmappedEvent => "unmapped_event",
+            Self::MissingField => "missing_field",
+            Self::WrongType => "wrong_type",
+            Self::BadValue => "bad_value",
+            Self::DuplicateEvent => "duplicate_event",
         }
     }
+
+    /// The code with this stable name (the connector and mapping stages name theirs).
+    pub fn from_name(name: &str) -> Option<Self> {
+        ALL_CODES.iter().copied().find(|c| c.as_str() == name)
+    }
 }
+
+const ALL_CODES: &[ReasonCode] = &[
+    ReasonCode::BadToken,
+    ReasonCode::IpNotAllowed,
+    ReasonCode::MissingParameter,
+    ReasonCode::InvalidParameter,
+    ReasonCode::InvalidAmount,
+    ReasonCode::MalformedClickId,
+    ReasonCode::ForgedClickId,
+    ReasonCode::UnknownOffer,
+    ReasonCode::OfferNotOwned,
+    ReasonCode::UnknownAffiliate,
+    ReasonCode::UnknownGoal,
+    ReasonCode::ClickExpired,
+    ReasonCode::ClickInFuture,
+    ReasonCode::LagTooShort,
+    ReasonCode::DuplicateClickGoal,
+    ReasonCode::DuplicateTransaction,
+    ReasonCode::UnsupportedCurrency,
+    ReasonCode::UnknownTransaction,
+    ReasonCode::InvalidTransition,
+    ReasonCode::OfferPaused,
+    ReasonCode::PayloadTooLarge,
+    ReasonCode::UnsupportedMediaType,
+    ReasonCode::Unauthorized,
+    ReasonCode::NotFound,
+    ReasonCode::StorageUnavailable,
+    ReasonCode::Internal,
+    ReasonCode::UnknownConnector,
+    ReasonCode::MissingSignature,
+    ReasonCode::BadSignature,
+    ReasonCode::BadTimestamp,
+    ReasonCode::StaleTimestamp,
+    ReasonCode::MissingToken,
+    ReasonCode::OrgNotAllowed,
+    ReasonCode::MalformedBody,
+    ReasonCode::TooManyEvents,
+    ReasonCode::MissingEventType,
+    ReasonCode::MissingEventId,
+    ReasonCode::UnmappedEvent,
+    ReasonCode::MissingField,
+    ReasonCode::WrongType,
+    ReasonCode::BadValue,
+    ReasonCode::DuplicateEvent,
+];
 
 /// What postgate decided about one incoming conversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +259,15 @@ pub struct Receipt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_round_trips_through_its_name() {
+        for code in ALL_CODES {
+            assert_eq!(ReasonCode::from_name(code.as_str()), Some(*code));
+            let json = serde_json::to_string(code).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
 
     #[test]
     fn reason_codes_serialise_as_their_stable_names() {

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::domain::{Reason, ReasonCode, Receipt, Verdict};
-use crate::pipeline::{ClickError, PostbackError};
+use crate::pipeline::{ClickError, HookError, PostbackError};
 use crate::store::StoreError;
 use crate::store::writer::error_chain;
 
@@ -77,6 +77,26 @@ impl From<ClickError> for ApiError {
             | ClickError::UnknownAffiliate(_) => StatusCode::NOT_FOUND,
             ClickError::MissingAffiliate => StatusCode::BAD_REQUEST,
             ClickError::Issue(_) | ClickError::Queue(_) => return Self::internal(code, &e),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<HookError> for ApiError {
+    fn from(e: HookError) -> Self {
+        let code = e.code();
+        let status = match code {
+            ReasonCode::UnknownConnector => StatusCode::NOT_FOUND,
+            ReasonCode::MissingSignature
+            | ReasonCode::BadSignature
+            | ReasonCode::BadTimestamp
+            | ReasonCode::StaleTimestamp
+            | ReasonCode::MissingToken
+            | ReasonCode::BadToken => StatusCode::UNAUTHORIZED,
+            ReasonCode::OrgNotAllowed | ReasonCode::IpNotAllowed => StatusCode::FORBIDDEN,
+            ReasonCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ReasonCode::StorageUnavailable => return Self::internal(code, &e),
+            _ => StatusCode::BAD_REQUEST,
         };
         Self::new(status, code, e.to_string())
     }

@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/c/{offer}", get(click))
         .route("/postback", get(postback).post(postback))
+        .route("/hooks/{connector}", get(hook).post(hook))
         .route("/api/v1/conversions", get(list_conversions))
         .route("/api/v1/conversions/{id}", get(get_conversion))
         .route("/api/v1/ledger/balances", get(balances))
@@ -161,6 +162,52 @@ async fn postback(State(state): State<AppState>, req: Request) -> Result<Json<Re
     }
     let receipt = state.pipeline.postback(&params, ip).await?;
     Ok(Json(receipt))
+}
+
+async fn hook(
+    State(state): State<AppState>,
+    Path(connector): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ip = client_ip(&state, req.headers(), peer);
+    let method = req.method().to_string();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    // Signatures are computed over the raw bytes: the body is kept exactly as received.
+    let body = read_body(req.into_body(), state.max_body_bytes).await?;
+    let raw = crate::connector::RawRequest {
+        method,
+        path_and_query,
+        headers,
+        body,
+        peer_ip: ip,
+        received_at: chrono::Utc::now(),
+    };
+    match state.pipeline.hook(&connector, raw).await? {
+        crate::pipeline::HookAnswer::Json(receipt) => Ok(Json(receipt).into_response()),
+        crate::pipeline::HookAnswer::Text { content_type, body } => {
+            let content_type = HeaderValue::from_str(&content_type)
+                .unwrap_or_else(|_| HeaderValue::from_static("text/plain"));
+            Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+        }
+    }
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {

@@ -78,6 +78,10 @@ impl Catalog {
         self.advertisers.get(&id)
     }
 
+    pub fn advertiser_by_key(&self, key: &str) -> Option<&Advertiser> {
+        self.advertisers.values().find(|a| a.key == key)
+    }
+
     /// Finds the advertiser a postback token belongs to. The lookup is by SHA-256 digest,
     /// and the digest is then compared in constant time, so timing reveals nothing about
     /// how much of a wrong token matched.
@@ -112,6 +116,14 @@ impl Catalog {
 
     pub fn offer(&self, id: i64) -> Option<&Offer> {
         self.offers.get(&id)
+    }
+
+    /// Ids of the advertiser's offers.
+    pub fn offers_of(&self, advertiser_id: i64) -> impl Iterator<Item = i64> + '_ {
+        self.offers
+            .values()
+            .filter(move |o| o.advertiser_id == advertiser_id)
+            .map(|o| o.id)
     }
 
     pub fn offer_by_key(&self, key: &str) -> Option<&Offer> {

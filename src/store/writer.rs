@@ -36,6 +36,41 @@ pub struct ClickRow {
     pub clicked_at_ms: i64,
 }
 
+/// A verified webhook request, kept raw for audit and replay.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub id: String,
+    pub connector: String,
+    pub received_at_ms: i64,
+    pub method: String,
+    /// Path only: the query string may carry a token.
+    pub path: String,
+    /// JSON `[[name, value], …]` without credentials.
+    pub headers_json: String,
+    pub body: bytes::Bytes,
+    pub events: i64,
+}
+
+/// A verified event that could not become a conversion, kept with its reason.
+#[derive(Debug, Clone)]
+pub struct FailureRecord {
+    pub id: String,
+    pub raw_request_id: String,
+    pub connector: String,
+    pub event_type: Option<String>,
+    pub event_id: Option<String>,
+    pub code: String,
+    pub message: String,
+}
+
+/// Everything one request wants written, atomically with the rest of its batch.
+#[derive(Debug, Default)]
+pub struct Ingest {
+    pub raw: Option<RawRecord>,
+    pub failures: Vec<FailureRecord>,
+    pub decisions: Vec<Decision>,
+}
+
 /// Why a write was not acknowledged. The cause was logged by the writer.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the write could not be committed")]
@@ -45,9 +80,9 @@ pub struct WriteFailed;
 const LINGER_YIELDS: usize = 4;
 
 enum Command {
-    Conversion {
-        decision: Box<Decision>,
-        reply: oneshot::Sender<Result<Receipt, WriteFailed>>,
+    Ingest {
+        work: Box<Ingest>,
+        reply: oneshot::Sender<Result<Vec<Receipt>, WriteFailed>>,
     },
     Click(Box<ClickRow>),
 }
@@ -61,10 +96,22 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Applies one decision; returns after the transaction holding it has committed.
     pub async fn submit(&self, decision: Decision) -> Result<Receipt, WriteFailed> {
+        let mut receipts = self
+            .ingest(Ingest {
+                decisions: vec![decision],
+                ..Ingest::default()
+            })
+            .await?;
+        receipts.pop().ok_or(WriteFailed)
+    }
+
+    /// Writes a request's raw record, failures and decisions together; returns one receipt
+    /// per decision after the transaction holding them has committed.
+    pub async fn ingest(&self, work: Ingest) -> Result<Vec<Receipt>, WriteFailed> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Conversion {
-                decision: Box::new(decision),
+            .send(Command::Ingest {
+                work: Box::new(work),
                 reply,
             })
             .await
@@ -111,48 +158,49 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>, max_ba
                 buffer.push(command);
             }
         }
-        let mut decisions = Vec::new();
+        let mut works = Vec::new();
         let mut replies = Vec::new();
         let mut clicks = Vec::new();
         for command in buffer.drain(..) {
             match command {
-                Command::Conversion { decision, reply } => {
-                    decisions.push(*decision);
+                Command::Ingest { work, reply } => {
+                    works.push(*work);
                     replies.push(reply);
                 }
                 Command::Click(row) => clicks.push(*row),
             }
         }
-        metrics_batch(decisions.len(), clicks.len());
-        match commit_fast(&mut conn, &decisions, &clicks).await {
+        let batch = Batch::of(&works);
+        metrics_batch(batch.decisions.len(), clicks.len());
+        match commit_fast(&mut conn, &batch, &clicks).await {
             Ok(receipts) => {
-                for (reply, receipt) in replies.into_iter().zip(receipts) {
+                let mut receipts = receipts.into_iter();
+                for (reply, work) in replies.into_iter().zip(&works) {
+                    let mine: Vec<Receipt> = receipts.by_ref().take(work.decisions.len()).collect();
                     // The handler may have gone (client hung up); the write stands anyway.
-                    let _ = reply.send(Ok(receipt));
+                    let _ = reply.send(Ok(mine));
                 }
             }
-            Err(error) if decisions.len() + clicks.len() > 1 => {
+            Err(error) if works.len() + clicks.len() > 1 => {
                 tracing::warn!(
                     error = %error_chain(&error),
-                    items = decisions.len() + clicks.len(),
+                    items = works.len() + clicks.len(),
                     "Batch failed; retrying its items one transaction each."
                 );
-                for (decision, reply) in decisions.into_iter().zip(replies) {
-                    let result = commit(&mut conn, std::slice::from_ref(&decision), &[]).await;
-                    let _ = reply.send(match result {
-                        Ok(mut receipts) => receipts.pop().ok_or(WriteFailed),
-                        Err(error) => {
-                            tracing::error!(
-                                error = %error_chain(&error),
-                                conversion_id = %decision.conversion_id,
-                                "Conversion could not be written."
-                            );
-                            Err(WriteFailed)
-                        }
-                    });
+                for (work, reply) in works.iter().zip(replies) {
+                    let result =
+                        commit(&mut conn, &Batch::of(std::slice::from_ref(work)), &[]).await;
+                    let _ = reply.send(result.map_err(|error| {
+                        tracing::error!(
+                            error = %error_chain(&error),
+                            decisions = work.decisions.len(),
+                            "Request could not be written."
+                        );
+                        WriteFailed
+                    }));
                 }
                 if !clicks.is_empty()
-                    && let Err(error) = commit(&mut conn, &[], &clicks).await
+                    && let Err(error) = commit(&mut conn, &Batch::default(), &clicks).await
                 {
                     tracing::error!(
                         error = %error_chain(&error),
@@ -181,13 +229,35 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>, max_ba
 /// skipped by `ON CONFLICT DO NOTHING`, and their postings by the existence check. The
 /// affected-row count reveals any such skip; those items, and reversals, then go through
 /// [`apply::apply_batch`] in a second transaction, in arrival order.
+/// The rows of several [`Ingest`]s, flattened in arrival order.
+#[derive(Default)]
+struct Batch<'a> {
+    raws: Vec<&'a RawRecord>,
+    failures: Vec<&'a FailureRecord>,
+    decisions: Vec<Decision>,
+}
+
+impl<'a> Batch<'a> {
+    fn of(works: &'a [Ingest]) -> Self {
+        Batch {
+            raws: works.iter().filter_map(|w| w.raw.as_ref()).collect(),
+            failures: works.iter().flat_map(|w| &w.failures).collect(),
+            decisions: works
+                .iter()
+                .flat_map(|w| w.decisions.iter().cloned())
+                .collect(),
+        }
+    }
+}
+
 async fn commit_fast(
     conn: &mut SqliteConnection,
-    decisions: &[Decision],
+    batch: &Batch<'_>,
     clicks: &[ClickRow],
 ) -> Result<Vec<Receipt>, StoreError> {
     let now = Utc::now();
     let now_ms = now.timestamp_millis();
+    let decisions = &batch.decisions;
     let fresh: Vec<&Decision> = decisions.iter().filter(|d| apply::is_fresh(d)).collect();
     let postings: Vec<_> = fresh
         .iter()
@@ -195,6 +265,7 @@ async fn commit_fast(
         .collect();
 
     let mut qb = QueryBuilder::new("BEGIN IMMEDIATE;\n");
+    push_insert_raw(&mut qb, &batch.raws, &batch.failures, now_ms);
     apply::push_insert_conversions(&mut qb, &fresh, now_ms, true)?;
     crate::ledger::push_insert(&mut qb, &postings, now_ms, true);
     push_insert_clicks(&mut qb, clicks);
@@ -229,6 +300,10 @@ async fn commit_fast(
     let mut rest_receipts = if rest.is_empty() {
         Vec::new()
     } else {
+        let rest = Batch {
+            decisions: rest,
+            ..Batch::default()
+        };
         commit(conn, &rest, &[]).await?
     }
     .into_iter();
@@ -243,18 +318,28 @@ async fn commit_fast(
     Ok(receipts)
 }
 
-/// One transaction for `decisions` and `clicks`, statement by statement.
+/// One transaction for a batch and clicks, statement by statement.
 async fn commit(
     conn: &mut SqliteConnection,
-    decisions: &[Decision],
+    batch: &Batch<'_>,
     clicks: &[ClickRow],
 ) -> Result<Vec<Receipt>, StoreError> {
     let now = Utc::now();
     let mut tx = conn.begin().await?;
-    let receipts = if decisions.is_empty() {
+    if !batch.raws.is_empty() || !batch.failures.is_empty() {
+        let mut qb = QueryBuilder::new("");
+        push_insert_raw(
+            &mut qb,
+            &batch.raws,
+            &batch.failures,
+            now.timestamp_millis(),
+        );
+        qb.build().persistent(false).execute(&mut *tx).await?;
+    }
+    let receipts = if batch.decisions.is_empty() {
         Vec::new()
     } else {
-        apply::apply_batch(&mut tx, decisions, now).await?
+        apply::apply_batch(&mut tx, &batch.decisions, now).await?
     };
     insert_clicks(&mut tx, clicks).await?;
     tx.commit().await?;
@@ -269,6 +354,50 @@ async fn insert_clicks(conn: &mut SqliteConnection, clicks: &[ClickRow]) -> Resu
     push_insert_clicks(&mut qb, clicks);
     qb.build().persistent(false).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// Appends the inserts of raw requests and failed events, each statement ending in `;`.
+fn push_insert_raw(
+    qb: &mut QueryBuilder<Sqlite>,
+    raws: &[&RawRecord],
+    failures: &[&FailureRecord],
+    now_ms: i64,
+) {
+    // Bodies are up to 1 MiB each: a few rows per statement keeps statements small.
+    for chunk in raws.chunks(64) {
+        qb.push(
+            "INSERT INTO raw_requests (id, connector, received_at, method, path, headers, body,
+                events) ",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.id.clone())
+                .push_bind(r.connector.clone())
+                .push_bind(r.received_at_ms)
+                .push_bind(r.method.clone())
+                .push_bind(r.path.clone())
+                .push_bind(r.headers_json.clone())
+                .push_bind(r.body.to_vec())
+                .push_bind(r.events);
+        });
+        qb.push(";\n");
+    }
+    for chunk in failures.chunks(1000) {
+        qb.push(
+            "INSERT INTO ingest_failures (id, raw_request_id, connector, event_type, event_id,
+                code, message, created_at) ",
+        );
+        qb.push_values(chunk, |mut b, f| {
+            b.push_bind(f.id.clone())
+                .push_bind(f.raw_request_id.clone())
+                .push_bind(f.connector.clone())
+                .push_bind(f.event_type.clone())
+                .push_bind(f.event_id.clone())
+                .push_bind(f.code.clone())
+                .push_bind(f.message.clone())
+                .push_bind(now_ms);
+        });
+        qb.push(";\n");
+    }
 }
 
 /// Appends `INSERT INTO clicks` statements, each ending in `;`.

@@ -49,6 +49,14 @@ id = "aff1"
 [[affiliates]]
 id = "aff2"
 
+[[hooks]]
+connector = "shopify"
+advertiser = "acme"
+
+[[hooks]]
+connector = "salesforce"
+advertiser = "acme"
+
 [[offers]]
 id = "shoes"
 advertiser = "acme"
@@ -140,7 +148,9 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the gateway on the database in `dir` (which may already hold data).
 pub async fn spawn_in(dir: tempfile::TempDir) -> TestApp {
-    postgate::telemetry::init();
+    if std::env::var_os("TEST_LOG").is_some() {
+        postgate::telemetry::init();
+    }
     let db = dir.path().join("postgate.db");
     let settings = settings_for(&db);
     let app = Application::build(&settings).await.expect("app builds");
@@ -166,12 +176,28 @@ pub async fn spawn_in(dir: tempfile::TempDir) -> TestApp {
     }
 }
 
+pub const SHOPIFY_SECRET: &str = "test-shopify-secret-0123456789";
+pub const SALESFORCE_TOKEN: &str = "sf-token-0123456789abcdef";
+/// The OrganizationId of the aspnet-webhooks Lead capture.
+pub const SALESFORCE_ORG: &str = "0123456789ABCDENNN";
+
 pub fn settings_for(db: &Path) -> Settings {
     let db = db.display().to_string();
-    Settings::from_toml(Path::new("test.toml"), TEST_CONFIG, &move |name| {
+    let mut settings = Settings::from_toml(Path::new("test.toml"), TEST_CONFIG, &move |name| {
         (name == "TEST_DB").then(|| db.clone())
     })
-    .expect("test config is valid")
+    .expect("test config is valid");
+    settings.hooks.env = postgate::connector::Env::Fixed(
+        [
+            ("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET),
+            ("SALESFORCE_TOKEN", SALESFORCE_TOKEN),
+            ("SALESFORCE_ORG_ID", SALESFORCE_ORG),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    );
+    settings
 }
 
 /// The key ring the test configuration uses, for minting click IDs in the past.

@@ -3,5 +3,6 @@
 mod clicks;
 mod decisions;
 mod helpers;
+mod hooks;
 mod ledger;
 mod requests;

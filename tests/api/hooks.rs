@@ -1,0 +1,275 @@
+//! Webhooks end to end: real platform payloads, signed, through the running gateway.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::helpers::{ACME_TOKEN, SALESFORCE_TOKEN, SHOPIFY_SECRET, TestApp, spawn_app};
+
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(format!("tests/fixtures/{path}")).expect("fixture")
+}
+
+/// The derived Shopify order (note attribute `click_id`), carrying `click_id`, paid now.
+fn shopify_order(click_id: &str) -> Vec<u8> {
+    let text = String::from_utf8(fixture(
+        "derived/shopify_orders_paid.note_attribute_click_id.json",
+    ))
+    .expect("utf-8");
+    let now = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    text.replace("pgc_note_7Hq2ZkP4", click_id)
+        .replace("2021-12-31T19:00:00-05:00", &now)
+        .into_bytes()
+}
+
+async fn send_shopify(
+    app: &TestApp,
+    topic: &str,
+    webhook_id: &str,
+    body: Vec<u8>,
+    secret: &str,
+) -> reqwest::Response {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(&body);
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    app.client
+        .post(format!("{}/hooks/shopify", app.address))
+        .header("content-type", "application/json")
+        .header("X-Shopify-Topic", topic)
+        .header("X-Shopify-Webhook-Id", webhook_id)
+        .header("X-Shopify-Hmac-Sha256", signature)
+        .header("X-Shopify-Shop-Domain", "snowdevil.myshopify.com")
+        .body(body)
+        .send()
+        .await
+        .expect("webhook")
+}
+
+#[tokio::test]
+async fn a_signed_shopify_order_with_a_real_click_id_is_credited_and_ledgered() {
+    let app = spawn_app().await;
+    let click = app.click("shoes", "aff1").await;
+    let resp = send_shopify(
+        &app,
+        "orders/paid",
+        "wh-1",
+        shopify_order(&click),
+        SHOPIFY_SECRET,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["events"][0]["status"], "accepted", "{body}");
+    let id = body["events"][0]["conversion_id"]
+        .as_str()
+        .expect("conversion id");
+
+    let conv = app.conversion(id).await;
+    assert_eq!(conv["source"], "shopify");
+    assert_eq!(conv["source_event_id"], "wh-1");
+    assert_eq!(
+        conv["transaction_id"], "820982911946154508",
+        "order id exact, above 2^53"
+    );
+    assert_eq!(conv["amount"], "404.95");
+    assert_eq!(conv["click_id"], click.as_str());
+    assert_eq!(app.balance("advertiser:acme:receivable").await, 40_495);
+    assert_eq!(app.balance("affiliate:aff1:payable").await, -1_500);
+
+    // Shopify retries with the same webhook id: a duplicate, nothing posted twice.
+    let again = send_shopify(
+        &app,
+        "orders/paid",
+        "wh-1",
+        shopify_order(&click),
+        SHOPIFY_SECRET,
+    )
+    .await;
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["events"][0]["status"], "duplicate", "{again}");
+    assert_eq!(again["events"][0]["conversion_id"], id);
+    assert_eq!(again["events"][0]["reasons"][0]["code"], "duplicate_event");
+    assert_eq!(app.balance("affiliate:aff1:payable").await, -1_500);
+
+    // An S2S postback for the same order is the same transaction, not a second sale.
+    let (_, s2s) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &click),
+            ("transaction_id", "820982911946154508"),
+        ])
+        .await;
+    assert_eq!(s2s["status"], "duplicate");
+    assert_eq!(s2s["conversion_id"], id);
+}
+
+#[tokio::test]
+async fn a_shopify_refund_without_a_click_reverses_the_order() {
+    let app = spawn_app().await;
+    let click = app.click("shoes", "aff1").await;
+    send_shopify(
+        &app,
+        "orders/paid",
+        "wh-1",
+        shopify_order(&click),
+        SHOPIFY_SECRET,
+    )
+    .await;
+    assert_eq!(app.balance("affiliate:aff1:payable").await, -1_500);
+
+    // The docs' refund names order 820982911946154508 and carries no click ID.
+    let refund = fixture("shopify/refunds_create.shopify-dev-2026-07.json");
+    let resp = send_shopify(&app, "refunds/create", "wh-2", refund, SHOPIFY_SECRET).await;
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["events"][0]["status"], "accepted", "{body}");
+    assert_eq!(app.balance("affiliate:aff1:payable").await, 0);
+    assert_eq!(app.balance("advertiser:acme:receivable").await, 0);
+}
+
+#[tokio::test]
+async fn a_shopify_webhook_with_a_wrong_hmac_gets_401_and_nothing_is_recorded() {
+    let app = spawn_app().await;
+    let click = app.click("shoes", "aff1").await;
+    let resp = send_shopify(
+        &app,
+        "orders/paid",
+        "wh-x",
+        shopify_order(&click),
+        "another-secret-0123456789",
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["reasons"][0]["code"], "bad_signature");
+    let (_, list) = app
+        .admin_get(&format!("/api/v1/conversions?click_id={click}"))
+        .await;
+    assert_eq!(list["conversions"].as_array().map(Vec::len), Some(0));
+
+    let resp = app
+        .client
+        .post(format!("{}/hooks/nope", app.address))
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_unmapped_shopify_topic_is_recorded_and_answered_so_shopify_stops_retrying() {
+    let app = spawn_app().await;
+    let body = fixture("shopify/orders_create.shopify-dev-2026-07.json");
+    let resp = send_shopify(&app, "orders/create", "wh-9", body, SHOPIFY_SECRET).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["events"][0]["status"], "unmapped");
+    assert_eq!(body["events"][0]["reasons"][0]["code"], "unmapped_event");
+    let failures = count(
+        &app,
+        "SELECT COUNT(*) FROM ingest_failures WHERE code = 'unmapped_event'",
+    )
+    .await;
+    assert_eq!(failures, 1);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM raw_requests").await, 1);
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    let db = app.dir.path().join("postgate.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("db");
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn a_salesforce_envelope_with_three_notifications_is_three_events_and_a_soap_ack() {
+    let app = spawn_app().await;
+    let resp = app
+        .client
+        .post(format!(
+            "{}/hooks/salesforce?token={SALESFORCE_TOKEN}",
+            app.address
+        ))
+        .header("content-type", "text/xml; charset=utf-8")
+        .body(fixture(
+            "salesforce/outbound_message.lead.aspnet-webhooks.xml",
+        ))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.expect("body");
+    assert!(text.contains("<Ack>true</Ack>"), "{text}");
+    // The leads carry no click ID: each is recorded with its reason, none is lost.
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM conversions WHERE source = 'salesforce'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(count(&app, "SELECT events FROM raw_requests").await, 3);
+
+    let resp = app
+        .client
+        .post(format!(
+            "{}/hooks/salesforce?token=wrong-token-0123456789",
+            app.address
+        ))
+        .body(fixture(
+            "salesforce/outbound_message.lead.aspnet-webhooks.xml",
+        ))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn xxe_and_billion_laughs_envelopes_are_refused_quickly_without_echoing_files() {
+    let app = spawn_app().await;
+    let xxe = r#"<?xml version="1.0"?><!DOCTYPE foo [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>
+<notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>&xxe;</OrganizationId>
+</notifications></soapenv:Body></soapenv:Envelope>"#;
+    let mut laughs = String::from(r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">"#);
+    for i in 1..10 {
+        let prev = if i == 1 {
+            "lol".to_owned()
+        } else {
+            format!("lol{}", i - 1)
+        };
+        laughs.push_str(&format!(
+            r#"<!ENTITY lol{i} "{}">"#,
+            format!("&{prev};").repeat(10)
+        ));
+    }
+    laughs.push_str("]><lolz>&lol9;</lolz>");
+    for body in [xxe.to_owned(), laughs] {
+        let started = Instant::now();
+        let resp = app
+            .client
+            .post(format!(
+                "{}/hooks/salesforce?token={SALESFORCE_TOKEN}",
+                app.address
+            ))
+            .body(body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let text = resp.text().await.expect("body");
+        assert!(!text.contains("root:"), "no file content: {text}");
+        assert!(text.contains("malformed_body"), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
