@@ -8,7 +8,9 @@
 //!   writer (WAL, synchronous=FULL, one fsync per batch): the floor the issue names;
 //! * `bare-tx`  — the same insert with one transaction (one fsync) per request;
 //! * `click`    — postgate `GET /c/{offer}` → 302 with a signed click ID;
-//! * `postback` — postgate `GET /postback`, each one a new accepted, ledgered conversion.
+//! * `postback` — postgate `GET /postback`, each one a new accepted, ledgered conversion;
+//! * `shopify`  — postgate `POST /hooks/shopify`: a real orders/paid payload (~6 KB), HMAC-signed,
+//!   verified, mapped, attributed, ledgered and stored raw, each a new conversion.
 //!
 //! Rounds are interleaved (every scenario once per round) and the median round is reported,
 //! so the baselines and postgate see the same machine noise. Ratios compare medians.
@@ -22,11 +24,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpStream;
+
+// Request handling allocates many small values (parsed JSON, strings); mimalloc's
+// thread-local free lists avoid glibc malloc's lock contention between worker threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ROLE_ENV: &str = "POSTGATE_BENCH_ROLE";
 const DIR_ENV: &str = "POSTGATE_BENCH_DIR";
@@ -61,7 +68,21 @@ name = "sale"
 payout = { fixed = "15.00" }
 revenue = { percent = "100" }
 allow_repeats = true
+
+[[offers.goals]]
+name = "purchase"
+payout = { fixed = "15.00" }
+revenue = { percent = "100" }
+allow_repeats = true
+
+[[hooks]]
+connector = "shopify"
+advertiser = "adv"
 "#;
+
+const SHOPIFY_SECRET: &str = "bench-shopify-secret-0123456789";
+const SHOPIFY_ORDER: &str =
+    include_str!("../tests/fixtures/derived/shopify_orders_paid.note_attribute_click_id.json");
 
 fn usage() -> &'static str {
     "cargo bench --bench load -- [--seconds N] [--rounds N] [--concurrency N] [--only a,b]"
@@ -241,6 +262,7 @@ async fn start(role: &str, dir: &Path) -> Server {
         .env(ROLE_ENV, role)
         .env(DIR_ENV, dir)
         .env("RUST_LOG", "warn")
+        .env("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -272,6 +294,26 @@ enum Kind {
     Path(&'static str),
     Click,
     Postback,
+    Shopify,
+}
+
+/// A signed Shopify orders/paid request: unique order and webhook ids, the worker's click.
+fn shopify_request(click_id: &str, order: u64) -> (Vec<u8>, String) {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let now = chrono::Utc::now().to_rfc3339();
+    let body = SHOPIFY_ORDER
+        .replacen("\"id\": 820982911946154508", &format!("\"id\": {order}"), 1)
+        .replace("pgc_note_7Hq2ZkP4", click_id)
+        .replace("2021-12-31T19:00:00-05:00", &now)
+        .into_bytes();
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(SHOPIFY_SECRET.as_bytes()).expect("key");
+    mac.update(&body);
+    (
+        body,
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()),
+    )
 }
 
 struct Sample {
@@ -330,17 +372,37 @@ async fn run_load(
             let mut n: u64 = 0;
             while Instant::now() < deadline {
                 n += 1;
-                let uri = match kind {
-                    Kind::Path(p) => p.to_owned(),
-                    Kind::Click => format!("/c/bench?aff=aff&sub1=w{worker}"),
-                    Kind::Postback => format!(
-                        "/postback?token={TOKEN}&click_id={click_id}&goal=sale&payout=12.34&transaction_id=r{round}-w{worker}-{n}"
-                    ),
+                let req = match kind {
+                    Kind::Shopify => {
+                        let webhook_id = format!("r{round}-w{worker}-{n}");
+                        let order = 1_000_000_000_000_000_000u64
+                            + (round as u64) * 1_000_000_000_000
+                            + (worker as u64) * 1_000_000_000
+                            + n;
+                        let (body, signature) = shopify_request(&click_id, order);
+                        Request::post("/hooks/shopify")
+                            .header(hyper::header::HOST, "127.0.0.1")
+                            .header(hyper::header::CONTENT_TYPE, "application/json")
+                            .header("X-Shopify-Topic", "orders/paid")
+                            .header("X-Shopify-Webhook-Id", webhook_id)
+                            .header("X-Shopify-Hmac-Sha256", signature)
+                            .body(Full::new(Bytes::from(body)))
+                            .expect("request")
+                    }
+                    _ => {
+                        let uri = match kind {
+                            Kind::Path(p) => p.to_owned(),
+                            Kind::Click => format!("/c/bench?aff=aff&sub1=w{worker}"),
+                            _ => format!(
+                                "/postback?token={TOKEN}&click_id={click_id}&goal=sale&payout=12.34&transaction_id=r{round}-w{worker}-{n}"
+                            ),
+                        };
+                        Request::get(uri)
+                            .header(hyper::header::HOST, "127.0.0.1")
+                            .body(Full::new(Bytes::new()))
+                            .expect("request")
+                    }
                 };
-                let req = Request::get(uri)
-                    .header(hyper::header::HOST, "127.0.0.1")
-                    .body(Empty::<Bytes>::new())
-                    .expect("request");
                 let t = Instant::now();
                 let Ok(resp) = sender.send_request(req).await else {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -354,7 +416,9 @@ async fn run_load(
                 let good = match kind {
                     Kind::Path(_) => status == 200,
                     Kind::Click => status == 302,
-                    Kind::Postback => status == 200 && body.windows(10).any(|w| w == b"\"accepted\""),
+                    Kind::Postback | Kind::Shopify => {
+                        status == 200 && body.windows(10).any(|w| w == b"\"accepted\"")
+                    }
                 };
                 if good {
                     lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
@@ -404,6 +468,7 @@ fn drive() {
             ("bare-tx", bare.addr, Kind::Path("/tx")),
             ("click", gate.addr, Kind::Click),
             ("postback", gate.addr, Kind::Postback),
+            ("shopify", gate.addr, Kind::Shopify),
         ]
         .into_iter()
         .filter(|(name, _, _)| o.only.as_ref().is_none_or(|only| only.iter().any(|n| n == name)))
@@ -453,6 +518,7 @@ fn drive() {
         println!("\nratios (medians):");
         println!("  click / bare          {}  (target >= 0.5)", ratio("click", "bare"));
         println!("  postback / bare-gc    {}  (target >= 0.6)", ratio("postback", "bare-gc"));
+        println!("  shopify / bare-gc     {}  (target >= 0.4)", ratio("shopify", "bare-gc"));
         println!("  bare-gc / bare-tx     {}  (group commit vs fsync per request)", ratio("bare-gc", "bare-tx"));
         drop(bare);
         drop(gate);

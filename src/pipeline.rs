@@ -259,7 +259,7 @@ impl Pipeline {
             .get(name)
             .ok_or_else(|| HookError::UnknownConnector(name.to_owned()))?;
         let verified = hook.connector.verify(&raw)?;
-        let events = hook.connector.decode(&verified)?;
+        let events = hook.connector.decode(verified)?;
 
         let request_id = uuid::Uuid::now_v7().to_string();
         let mut work = Ingest {

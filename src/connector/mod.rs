@@ -542,15 +542,23 @@ impl Connector {
         })
     }
 
-    /// Splits a verified request into events with their type and dedupe id.
-    pub fn decode(&self, req: &VerifiedRequest) -> Result<Vec<VerifiedEvent>, DecodeError> {
+    /// Splits a verified request into events with their type and dedupe id. Takes the
+    /// request by value: an unsplit body moves into its event instead of being copied.
+    pub fn decode(&self, req: VerifiedRequest) -> Result<Vec<VerifiedEvent>, DecodeError> {
+        let VerifiedRequest {
+            headers,
+            query,
+            body,
+            received_at,
+            ..
+        } = req;
         let items: Vec<Value> = match &self.split {
             Some(p) => p
-                .select(&req.body)
+                .select(&body)
                 .into_iter()
                 .map(|h| h.value.clone())
                 .collect(),
-            None => vec![req.body.clone()],
+            None => vec![body],
         };
         if items.len() > self.max_events {
             return Err(DecodeError::TooManyEvents {
@@ -562,14 +570,14 @@ impl Connector {
         for (index, payload) in items.into_iter().enumerate() {
             let event_type = self
                 .event_type
-                .find(&payload, &req.headers, &req.query)
+                .find(&payload, &headers, &query)
                 .ok_or_else(|| DecodeError::MissingEventType {
                     index,
                     locator: self.event_type.describe(),
                 })?;
             let mut parts = Vec::new();
             for (l, optional) in &self.event_id {
-                match l.find(&payload, &req.headers, &req.query) {
+                match l.find(&payload, &headers, &query) {
                     Some(part) => parts.push(part),
                     None if *optional => {}
                     None => {
@@ -585,9 +593,9 @@ impl Connector {
                 event_type,
                 event_id: parts.join(":"),
                 payload,
-                headers: req.headers.clone(),
-                query: req.query.clone(),
-                received_at: req.received_at,
+                headers: headers.clone(),
+                query: query.clone(),
+                received_at,
             });
         }
         Ok(events)

@@ -69,7 +69,7 @@ pub fn map_payload(
     };
     let verified = connector.parse_unverified(&req)?;
     let mut out = Vec::new();
-    for ev in connector.decode(&verified)? {
+    for ev in connector.decode(verified)? {
         out.extend(mappings.map(&ev)?);
     }
     Ok(out)

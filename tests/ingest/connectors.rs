@@ -37,7 +37,7 @@ fn salesforce_lead_message_with_a_bom_splits_into_three_events_and_wants_the_soa
             "outbound_message.lead.aspnet-webhooks.xml",
         ))
         .unwrap_or_else(|e| panic!("{e}"));
-    let events = c.decode(&v).unwrap_or_else(|e| panic!("{e}"));
+    let events = c.decode(v.clone()).unwrap_or_else(|e| panic!("{e}"));
     let got: Vec<(&str, &str)> = events
         .iter()
         .map(|e| (e.event_id(), e.event_type()))
@@ -80,7 +80,7 @@ fn salesforce_single_notification_is_still_one_event_and_contacts_are_two() {
             "outbound_message.account.abrarsheikhsony.xml",
         ))
         .unwrap_or_else(|e| panic!("{e}"));
-    let events = c.decode(&v).unwrap_or_else(|e| panic!("{e}"));
+    let events = c.decode(v.clone()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event_type(), "sf:Account");
     let c = salesforce("012345678901234");
@@ -90,7 +90,7 @@ fn salesforce_single_notification_is_still_one_event_and_contacts_are_two() {
             "outbound_message.contact.aspnetcore-functionaltest.xml",
         ))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.decode(&v).map(|e| e.len()).unwrap_or_default(), 2);
+    assert_eq!(c.decode(v.clone()).map(|e| e.len()).unwrap_or_default(), 2);
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn salesforce_empty_envelope_parses_to_zero_events_when_unverified() {
     let v = c
         .parse_unverified(&sf_req("", "outbound_message.empty.aspnet-webhooks.xml"))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.decode(&v).map(|e| e.len()).unwrap_or(99), 0);
+    assert_eq!(c.decode(v.clone()).map(|e| e.len()).unwrap_or(99), 0);
 }
 
 #[test]
@@ -163,7 +163,7 @@ fn adjust_get_callback_decodes_the_query_string_with_custom_params() {
         Utc::now(),
     );
     let v = c.verify(&r).unwrap_or_else(|e| panic!("{e}"));
-    let events = c.decode(&v).unwrap_or_else(|e| panic!("{e}"));
+    let events = c.decode(v.clone()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(events[0].event_type(), "event");
     assert_eq!(events[0].event_id(), "abc123:1700000000:event:purchase");
     assert_eq!(events[0].payload()["foo"], "bar");
@@ -253,14 +253,14 @@ fn shopify_event_type_and_dedupe_id_come_from_headers_and_big_ids_stay_exact() {
         Utc::now(),
     );
     let v = c.parse_unverified(&r).unwrap_or_else(|e| panic!("{e}"));
-    let events = c.decode(&v).unwrap_or_else(|e| panic!("{e}"));
+    let events = c.decode(v.clone()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(events[0].event_type(), "orders/paid");
     assert_eq!(events[0].payload()["id"].to_string(), "820982911946154508");
     let mut no_id = r.clone();
     no_id.headers.retain(|(k, _)| k != "X-Shopify-Webhook-Id");
     let v = c.parse_unverified(&no_id).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        c.decode(&v).err().map(|e| e.code()),
+        c.decode(v.clone()).err().map(|e| e.code()),
         Some("missing_event_id")
     );
 }

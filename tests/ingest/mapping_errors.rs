@@ -33,7 +33,9 @@ fn shopify_event(topic: &str, body: Bytes) -> postgate::connector::VerifiedEvent
         Utc::now(),
     );
     let v = c.parse_unverified(&r).unwrap_or_else(|e| panic!("{e}"));
-    c.decode(&v).unwrap_or_else(|e| panic!("{e}")).remove(0)
+    c.decode(v.clone())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0)
 }
 
 const HEAD: &str = "[match]\nevent_type = [\"orders/paid\"]\n[fields]\nevent = { constant = \"purchase\" }\nstatus = { constant = \"approved\" }\n";
@@ -206,7 +208,7 @@ fn a_signed_shopify_order_goes_through_verify_decode_and_map_with_the_exact_orde
         Utc::now(),
     );
     let verified = c.verify(&r).unwrap_or_else(|e| panic!("{e}"));
-    let events = c.decode(&verified).unwrap_or_else(|e| panic!("{e}"));
+    let events = c.decode(verified.clone()).unwrap_or_else(|e| panic!("{e}"));
     let pbs = set.map(&events[0]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pbs.len(), 1);
     assert_eq!(pbs[0].transaction_id.as_deref(), Some("820982911946154508"));

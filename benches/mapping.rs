@@ -1,0 +1,64 @@
+//! Mapping cost: `cargo bench --bench mapping`.
+//!
+//! The yardstick: mapping a Shopify order must cost at most twice parsing its JSON.
+//! Mappings are compiled once at start-up and evaluated on the already-parsed value, so the
+//! per-request cost is JSONPath evaluation and a few transforms, never a second parse.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use postgate::connector::{Connector, Env, LoadOptions, RawRequest};
+use postgate::mapping::MappingSet;
+
+fn shopify(c: &mut Criterion) {
+    let body =
+        std::fs::read("tests/fixtures/derived/shopify_orders_paid.note_attribute_click_id.json")
+            .expect("fixture");
+    let options = LoadOptions {
+        env: Env::Fixed(
+            [(
+                "SHOPIFY_WEBHOOK_SECRET".to_owned(),
+                "bench-secret-0123456789".to_owned(),
+            )]
+            .into(),
+        ),
+        ..LoadOptions::default()
+    };
+    let connector =
+        Connector::load(Path::new("connectors/shopify.toml"), &options).expect("connector");
+    let mappings = MappingSet::load_dir(Path::new("mappings")).expect("mappings");
+    let raw = RawRequest {
+        method: "POST".into(),
+        path_and_query: "/hooks/shopify".into(),
+        headers: vec![
+            ("X-Shopify-Topic".into(), "orders/paid".into()),
+            ("X-Shopify-Webhook-Id".into(), "wh-1".into()),
+        ],
+        body: body.clone().into(),
+        peer_ip: None,
+        received_at: chrono::Utc::now(),
+    };
+    let verified = connector.parse_unverified(&raw).expect("parse");
+    let events = connector.decode(verified).expect("decode");
+    assert_eq!(mappings.map(&events[0]).expect("maps").len(), 1);
+
+    let mut group = c.benchmark_group("shopify_orders_paid");
+    group.bench_function("parse_json", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)).expect("json"))
+    });
+    group.bench_function("map_event", |b| {
+        b.iter(|| mappings.map(black_box(&events[0])).expect("maps"))
+    });
+    group.bench_function("parse_decode_map", |b| {
+        b.iter(|| {
+            let verified = connector.parse_unverified(black_box(&raw)).expect("parse");
+            let events = connector.decode(verified).expect("decode");
+            mappings.map(&events[0]).expect("maps")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, shopify);
+criterion_main!(benches);
