@@ -9,7 +9,8 @@ CREATE TABLE raw_requests (
     method       TEXT    NOT NULL,
     path         TEXT    NOT NULL,      -- without the query string (it may hold a token)
     headers      TEXT    NOT NULL,      -- JSON [[name, value]], credentials removed
-    body         BLOB    NOT NULL,
+    body         BLOB    NOT NULL,      -- exact bytes, LZ4-compressed (size-prefixed block)
+    body_size    BIGINT  NOT NULL,      -- uncompressed length
     events       BIGINT  NOT NULL
 ) WITHOUT ROWID;
 

@@ -176,6 +176,25 @@ async fn an_unmapped_shopify_topic_is_recorded_and_answered_so_shopify_stops_ret
     .await;
     assert_eq!(failures, 1);
     assert_eq!(count(&app, "SELECT COUNT(*) FROM raw_requests").await, 1);
+
+    // The raw request is kept byte for byte (compressed at rest), without credentials.
+    let db = app.dir.path().join("postgate.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("db");
+    let (stored, size, path, headers): (Vec<u8>, i64, String, String) =
+        sqlx::query_as("SELECT body, body_size, path, headers FROM raw_requests")
+            .fetch_one(&pool)
+            .await
+            .expect("raw request");
+    let original = fixture("shopify/orders_create.shopify-dev-2026-07.json");
+    assert_eq!(
+        lz4_flex::decompress_size_prepended(&stored).expect("lz4"),
+        original
+    );
+    assert_eq!(size as usize, original.len());
+    assert_eq!(path, "/hooks/shopify");
+    assert!(headers.contains("X-Shopify-Webhook-Id") || headers.contains("x-shopify-webhook-id"));
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
