@@ -62,6 +62,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The caller's address: the configured proxy header if trusted, else the TCP peer.
+fn request_ip(state: &AppState, req: &Request) -> Option<IpAddr> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    client_ip(state, req.headers(), peer)
+}
+
 fn client_ip(
     state: &AppState,
     headers: &HeaderMap,
@@ -101,14 +110,10 @@ async fn click(
     Path(offer): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
     let headers = req.headers();
     let mut click = ClickRequest {
         offer_key: offer,
-        ip: client_ip(&state, headers, peer),
+        ip: request_ip(&state, &req),
         user_agent: header_text(headers, header::USER_AGENT, 512),
         referrer: header_text(headers, header::REFERER, 1024),
         ..ClickRequest::default()
@@ -148,11 +153,7 @@ async fn click(
 }
 
 async fn postback(State(state): State<AppState>, req: Request) -> Result<Json<Receipt>, ApiError> {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let ip = client_ip(&state, req.headers(), peer);
+    let ip = request_ip(&state, &req);
     let mut params = Params::from_pairs(query_pairs(req.uri().query()));
     if req.method() == Method::POST {
         let content_type =
@@ -169,11 +170,7 @@ async fn hook(
     Path(connector): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let ip = client_ip(&state, req.headers(), peer);
+    let ip = request_ip(&state, &req);
     let method = req.method().to_string();
     let path_and_query = req
         .uri()
