@@ -1,6 +1,7 @@
 //! Integration tests: the real gateway over HTTP, a fresh database per test.
 
 mod clicks;
+mod crash;
 mod decisions;
 mod helpers;
 mod hooks;
