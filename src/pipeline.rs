@@ -266,18 +266,19 @@ impl Pipeline {
             raw: Some(raw_record(&request_id, name, &raw, events.len())),
             ..Ingest::default()
         };
-        // Per event: the indexes of its decisions in `work.decisions`, or its failure.
-        let mut slots: Vec<(String, String, Result<Vec<usize>, Reason>)> = Vec::new();
+        // Per event: the indexes of its decisions in `work.decisions`, and the reasons of
+        // whatever part of it could not become a decision (each also stored as a failure).
+        let mut slots: Vec<(String, String, Vec<usize>, Vec<Reason>)> = Vec::new();
         {
             let catalog = self.catalog.load();
             let Some(advertiser) = catalog.advertiser(hook.advertiser_id) else {
                 return Err(HookError::UnknownConnector(name.to_owned()));
             };
             for event in &events {
-                let outcome = match self.hooks.mappings.map(event) {
+                let mut indexes = Vec::new();
+                let mut failures = Vec::new();
+                match self.hooks.mappings.map(event) {
                     Ok(postbacks) => {
-                        let mut indexes = Vec::new();
-                        let mut failed = None;
                         for (n, postback) in postbacks.into_iter().enumerate() {
                             match attribution::evaluate(
                                 &catalog,
@@ -292,20 +293,16 @@ impl Pipeline {
                                     indexes.push(work.decisions.len());
                                     work.decisions.push(d);
                                 }
-                                Err(e) => failed = Some(Reason::new(e.code(), e.to_string())),
+                                Err(e) => failures.push(Reason::new(e.code(), e.to_string())),
                             }
                         }
-                        match failed {
-                            Some(reason) if indexes.is_empty() => Err(reason),
-                            _ => Ok(indexes),
-                        }
                     }
-                    Err(e) => Err(Reason::new(
+                    Err(e) => failures.push(Reason::new(
                         ReasonCode::from_name(e.code()).unwrap_or(ReasonCode::UnmappedEvent),
                         e.to_string(),
                     )),
-                };
-                if let Err(reason) = &outcome {
+                }
+                for reason in &failures {
                     work.failures.push(FailureRecord {
                         id: uuid::Uuid::now_v7().to_string(),
                         raw_request_id: request_id.clone(),
@@ -319,7 +316,8 @@ impl Pipeline {
                 slots.push((
                     event.event_id().to_owned(),
                     event.event_type().to_owned(),
-                    outcome,
+                    indexes,
+                    failures,
                 ));
             }
         }
@@ -335,29 +333,30 @@ impl Pipeline {
                 request_id,
                 events: slots
                     .into_iter()
-                    .flat_map(|(event_id, event_type, outcome)| match outcome {
-                        Err(reason) => vec![EventReceipt {
-                            event_id,
-                            event_type,
+                    .flat_map(|(event_id, event_type, indexes, failures)| {
+                        let decided =
+                            indexes
+                                .into_iter()
+                                .filter_map(|i| receipts.get(i))
+                                .map(|r| EventReceipt {
+                                    event_id: event_id.clone(),
+                                    event_type: event_type.clone(),
+                                    status: match r.status {
+                                        Verdict::Accepted => "accepted",
+                                        Verdict::Duplicate => "duplicate",
+                                        Verdict::Rejected => "rejected",
+                                    },
+                                    conversion_id: r.conversion_id.clone(),
+                                    reasons: r.reasons.clone(),
+                                });
+                        let unmapped = failures.into_iter().map(|reason| EventReceipt {
+                            event_id: event_id.clone(),
+                            event_type: event_type.clone(),
                             status: "unmapped",
                             conversion_id: None,
                             reasons: vec![reason],
-                        }],
-                        Ok(indexes) => indexes
-                            .into_iter()
-                            .filter_map(|i| receipts.get(i))
-                            .map(|r| EventReceipt {
-                                event_id: event_id.clone(),
-                                event_type: event_type.clone(),
-                                status: match r.status {
-                                    Verdict::Accepted => "accepted",
-                                    Verdict::Duplicate => "duplicate",
-                                    Verdict::Rejected => "rejected",
-                                },
-                                conversion_id: r.conversion_id.clone(),
-                                reasons: r.reasons.clone(),
-                            })
-                            .collect(),
+                        });
+                        decided.chain(unmapped).collect::<Vec<_>>()
                     })
                     .collect(),
             }),

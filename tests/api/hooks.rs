@@ -292,3 +292,31 @@ async fn xxe_and_billion_laughs_envelopes_are_refused_quickly_without_echoing_fi
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
+
+#[tokio::test]
+async fn an_order_whose_amount_cannot_be_booked_is_recorded_with_its_reason() {
+    let app = spawn_app().await;
+    let click = app.click("shoes", "aff1").await;
+    let body = String::from_utf8(shopify_order(&click))
+        .expect("utf-8")
+        .replace("\"404.95\"", "\"404.951\"")
+        .into_bytes();
+    let resp = send_shopify(&app, "orders/paid", "wh-7", body, SHOPIFY_SECRET).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "answered, so Shopify stops retrying"
+    );
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["events"][0]["status"], "unmapped", "{body}");
+    assert_eq!(body["events"][0]["reasons"][0]["code"], "invalid_amount");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM ingest_failures WHERE code = 'invalid_amount'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(app.balance("affiliate:aff1:payable").await, 0);
+}
