@@ -21,6 +21,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use super::{Decision, TIME_RULES};
 use crate::domain::{Reason, ReasonCode, Receipt, Status, Verdict};
 use crate::ledger::{self, Posting};
+use crate::outbound::NewDelivery;
+use crate::outbound::enqueue;
 use crate::store::StoreError;
 
 /// Rows per multi-row insert (28 binds each, well under SQLite's 32 766).
@@ -38,9 +40,11 @@ pub async fn apply_batch(
 
     let mut receipts = Vec::with_capacity(decisions.len());
     let mut postings: Vec<Posting> = Vec::new();
+    let mut deliveries: Vec<NewDelivery> = Vec::new();
     for d in decisions {
         let receipt = if inserted.contains(d.conversion_id.as_str()) {
             postings.extend(postings_for_new(d));
+            deliveries.extend(deliveries_for_new(d));
             own_receipt(d)
         } else {
             // Postings so far must be visible to the slow path's reads (a reversal of a
@@ -52,7 +56,33 @@ pub async fn apply_batch(
         receipts.push(receipt);
     }
     ledger::insert(conn, &postings, now_ms).await?;
+    enqueue::insert(conn, &deliveries, now_ms).await?;
     Ok(receipts)
+}
+
+/// The deliveries a freshly inserted decision brings: an accepted conversion is announced
+/// to every subscribed endpoint; a rejected one to none.
+pub fn deliveries_for_new(d: &Decision) -> Vec<NewDelivery> {
+    if d.is_rejected() {
+        return Vec::new();
+    }
+    deliveries_for(&d.conversion_id, d, d.status)
+}
+
+/// One delivery per endpoint the decision subscribes, announcing `status` of `conversion_id`.
+fn deliveries_for(conversion_id: &str, d: &Decision, status: Status) -> Vec<NewDelivery> {
+    d.postbacks
+        .iter()
+        .map(|endpoint| {
+            NewDelivery::new(
+                conversion_id,
+                endpoint,
+                d.affiliate_id,
+                d.offer_id,
+                status.as_str(),
+            )
+        })
+        .collect()
 }
 
 /// Whether a decision can go through the fast path: a new row, not a status update.
@@ -399,16 +429,19 @@ async fn resolve_existing(
                 );
                 ledger::insert(conn, &lines, now_ms).await?;
             }
+            enqueue::insert(conn, &deliveries_for(&e.id, d, d.status), now_ms).await?;
             Ok(transitioned(&e))
         }
         (Status::Pending, Status::Rejected) | (Status::Pending, Status::Reversed) => {
             set_status(conn, &e.id, d.status, now_ms).await?;
+            enqueue::insert(conn, &deliveries_for(&e.id, d, d.status), now_ms).await?;
             Ok(transitioned(&e))
         }
         (Status::Approved, Status::Reversed) => {
             set_status(conn, &e.id, Status::Reversed, now_ms).await?;
             let lines = ledger::reversal_postings(conn, &e.id).await?;
             ledger::insert(conn, &lines, now_ms).await?;
+            enqueue::insert(conn, &deliveries_for(&e.id, d, Status::Reversed), now_ms).await?;
             Ok(transitioned(&e))
         }
         (from, to) => Ok(Receipt {

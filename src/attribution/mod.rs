@@ -96,6 +96,11 @@ pub struct Decision {
     /// For an update without a click ID: the `txn_key`s it may refer to (one per offer of
     /// the advertiser). Such a decision never creates a conversion; it only updates one.
     pub txn_candidates: Vec<String>,
+    /// Outbound endpoints subscribed to this conversion's affiliate, offer, goal and status.
+    /// The writer enqueues a delivery to each if the conversion is recorded as accepted or
+    /// changes status. (Updates by transaction only, without a click, carry none: their
+    /// affiliate is unknown until the row is found.)
+    pub postbacks: Vec<String>,
 }
 
 impl Decision {
@@ -155,6 +160,7 @@ pub fn evaluate(
         event_key: None,
         raw_request_id: None,
         txn_candidates: Vec::new(),
+        postbacks: Vec::new(),
     };
 
     let Some(click_text) = postback.click_id.as_deref().filter(|c| !c.is_empty()) else {
@@ -241,6 +247,13 @@ pub fn evaluate(
         );
         return Ok(d);
     };
+    if let Some(rule) = catalog
+        .postbacks
+        .get(&affiliate.key)
+        .and_then(|p| p.select(&offer.key, &goal_name, d.status.as_str()))
+    {
+        d.postbacks.push(rule.endpoint.id.clone());
+    }
     if !goal.allow_repeats {
         d.click_goal_key = Some(format!("{click_text}:{goal_name}"));
     }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod limiter;
 pub mod redact;
 pub mod ssrf;
+pub mod worker;
 
 pub use client::{AttemptRecord, ClientConfig, ClientError, DeliveryClient, GuardedResolver};
 pub use limiter::{KeyedLimiter, KeyedPermit};

@@ -7,6 +7,7 @@
 //! `schedule::RetrySchedule::next_attempt_at`.
 
 pub mod endpoint;
+pub mod enqueue;
 pub mod job;
 pub mod schedule;
 pub mod signing;
@@ -15,7 +16,8 @@ pub mod template;
 pub use endpoint::{
     AffiliatePostbacks, Endpoint, EndpointError, HttpMethod, Method, OutboundRequest, PostbackRule,
 };
-pub use job::DeliveryJob;
+pub use enqueue::NewDelivery;
+pub use job::{DeliveryJob, QUEUE};
 pub use schedule::{
     AttemptOutcome, DeadLetterReason, NextStep, RetryReason, RetrySchedule, ScheduleError, Verdict,
     classify, parse_retry_after,

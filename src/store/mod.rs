@@ -105,6 +105,7 @@ pub async fn open(url: &str) -> Result<Opened, StoreError> {
     sqlx::migrate!("./migrations/sqlite")
         .run(&mut writer)
         .await?;
+    apalis_schema(&mut writer).await?;
     let checkpointer = options.clone().connect().await?;
     let read = SqlitePoolOptions::new()
         .max_connections(4)
@@ -116,6 +117,43 @@ pub async fn open(url: &str) -> Result<Opened, StoreError> {
         read,
         checkpointer,
     })
+}
+
+/// apalis' tables (`Jobs`, `Workers`) in the same file, so the writer can enqueue a
+/// conversion's deliveries in the conversion's own transaction.
+///
+/// Only apalis' migrator runs, never `SqliteStorage::setup`: that sets `synchronous=OFF` on
+/// whatever connection it gets. Its migrations keep their own bookkeeping table — sharing
+/// `_sqlx_migrations` would make ours fail with `VersionMissing`. The name must never change.
+///
+/// Then the planner gets statistics saying `lock_by` is unselective: without them apalis'
+/// lock and ack statements scan every pending or finished job, and a backlog of 100 k drains
+/// at under 100 jobs/s instead of thousands (measured in the pg-outbound research crate).
+async fn apalis_schema(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let mut migrator = apalis_sqlite::SqliteStorage::<()>::migrations();
+    migrator.dangerous_set_table_name("_apalis_migrations");
+    migrator.run(&mut *conn).await?;
+    sqlx::query("ANALYZE Jobs").execute(&mut *conn).await?;
+    // Connections opened after this (readers, the worker's pool) load these statistics.
+    sqlx::query(
+        "DELETE FROM sqlite_stat1 WHERE tbl = 'Jobs' AND idx = 'LIdx';
+         INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('Jobs', 'LIdx', '1000000 500000');",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("ANALYZE sqlite_schema")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// A small writable pool for the delivery worker (apalis' fetch/ack and the attempt log).
+/// Its writes are short transactions that wait for the group-commit writer via busy_timeout.
+pub async fn worker_pool(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(connect_options(url)?)
+        .await?)
 }
 
 /// Copies committed WAL frames into the database file every `every`, off the writer's path.
