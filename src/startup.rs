@@ -70,9 +70,12 @@ impl Application {
 
         // The delivery worker shares the database file; apalis' tables were created by
         // `store::open`, so the writer can enqueue before the worker runs.
+        let outbound_pool = store::worker_pool(&settings.server.database_url, 4).await?;
         let worker = if settings.outbound.worker {
-            let pool = store::worker_pool(&settings.server.database_url, 4).await?;
-            Some(crate::delivery::worker::spawn(pool, &settings.outbound)?)
+            Some(crate::delivery::worker::spawn(
+                outbound_pool.clone(),
+                &settings.outbound,
+            )?)
         } else {
             None
         };
@@ -95,6 +98,7 @@ impl Application {
             admin_token: settings.server.admin_token.as_deref().map(Arc::from),
             client_ip_header: settings.server.client_ip_header.as_deref().map(Arc::from),
             max_body_bytes: settings.server.max_body_bytes,
+            deliveries: crate::delivery::admin::Deliveries::new(outbound_pool),
         };
         Ok(Self {
             listener,

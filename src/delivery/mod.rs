@@ -4,6 +4,7 @@
 //! Flow: `ssrf` policy → `client::DeliveryClient::send` (uses `redact`) → `AttemptRecord`;
 //! `limiter` bounds concurrent sends per endpoint.
 
+pub mod admin;
 pub mod client;
 pub mod limiter;
 pub mod redact;
