@@ -957,7 +957,10 @@ fn validate(
     };
     let positive = |key: &str, v: usize| {
         if v == 0 {
-            Err(invalid(format!("outbound.{key}"), "must be at least 1".into()))
+            Err(invalid(
+                format!("outbound.{key}"),
+                "must be at least 1".into(),
+            ))
         } else {
             Ok(v)
         }

@@ -99,7 +99,10 @@ impl Deliveries {
     }
 
     /// Every delivery of a conversion, oldest first, with its attempts.
-    pub async fn of_conversion(&self, conversion_id: &str) -> Result<Vec<DeliveryView>, StoreError> {
+    pub async fn of_conversion(
+        &self,
+        conversion_id: &str,
+    ) -> Result<Vec<DeliveryView>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, conversion_id, endpoint, status, state, series, attempts,
                 next_attempt_at, last_error, created_at, updated_at

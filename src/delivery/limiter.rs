@@ -155,7 +155,7 @@ mod tests {
         assert!(!waiter.is_finished());
         assert_eq!(l.active_keys(), 1, "the waiter keeps the entry alive");
         drop(held);
-        waiter.await.unwrap();
+        waiter.await.expect("test value");
         assert_eq!(l.active_keys(), 0);
     }
 }

@@ -95,10 +95,7 @@ impl RunningWorker {
 }
 
 /// Starts the worker on `pool` (a writable pool on the gateway's database).
-pub fn spawn(
-    pool: SqlitePool,
-    settings: &OutboundSettings,
-) -> Result<RunningWorker, WorkerError> {
+pub fn spawn(pool: SqlitePool, settings: &OutboundSettings) -> Result<RunningWorker, WorkerError> {
     let ctx = Arc::new(DeliveryContext::new(pool.clone(), settings)?);
     let concurrency = settings.concurrency;
     let poll = settings.poll_interval;
@@ -110,7 +107,9 @@ pub fn spawn(
                 Config::default()
                     .queue(QUEUE)
                     .batch_size(concurrency.min(100))
-                    .heartbeat_interval(Duration::from_secs(5)),
+                    // Short: an idle worker also re-polls on its heartbeat (observed: due retries
+                    // waited for it), and a dead worker's jobs are reaped after two missed beats.
+                    .heartbeat_interval(Duration::from_secs(1)),
             );
             WorkerBuilder::new(name.clone())
                 .backend(storage.poll_with_interval(poll))
@@ -219,16 +218,20 @@ async fn attempt(job: &DeliveryJob, ctx: &DeliveryContext) -> Result<(), StoreEr
     let record = match endpoint.build_request(&job.delivery_id, &values, now.timestamp()) {
         Ok(request) => ctx.client.send(&request).await,
         Err(e) => {
-            finish(ctx, job, now, None, Step::Dead(format!("cannot render: {e}"))).await?;
+            finish(
+                ctx,
+                job,
+                now,
+                None,
+                Step::Dead(format!("cannot render: {e}")),
+            )
+            .await?;
             return Ok(());
         }
     };
     let ended = Utc::now();
     let started: i64 = row.try_get("series_started_at")?;
-    let origin = Utc
-        .timestamp_millis_opt(started)
-        .single()
-        .unwrap_or(ended);
+    let origin = Utc.timestamp_millis_opt(started).single().unwrap_or(ended);
     let step = match ctx.schedule.plan(
         origin,
         ended,
@@ -394,11 +397,19 @@ fn values_of(row: &sqlx::sqlite::SqliteRow) -> Result<PostbackValues, StoreError
         affiliate_id: row
             .try_get::<Option<String>, _>("affiliate_key")?
             .unwrap_or_default(),
-        event: row.try_get::<Option<String>, _>("goal")?.unwrap_or_default(),
+        event: row
+            .try_get::<Option<String>, _>("goal")?
+            .unwrap_or_default(),
         status: row.try_get("status")?,
         payout: payout.0,
         currency: payout.1,
-        subs: [sub("sub1")?, sub("sub2")?, sub("sub3")?, sub("sub4")?, sub("sub5")?],
+        subs: [
+            sub("sub1")?,
+            sub("sub2")?,
+            sub("sub3")?,
+            sub("sub4")?,
+            sub("sub5")?,
+        ],
         occurred_at: Utc.timestamp_millis_opt(at_ms).single().unwrap_or_default(),
     })
 }

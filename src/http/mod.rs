@@ -380,10 +380,17 @@ async fn list_deliveries(
 async fn replay_deliveries(
     _: Admin,
     State(state): State<AppState>,
-    body: Result<Json<crate::delivery::admin::ReplayFilter>, axum::extract::rejection::JsonRejection>,
+    body: Result<
+        Json<crate::delivery::admin::ReplayFilter>,
+        axum::extract::rejection::JsonRejection,
+    >,
 ) -> Result<Response, ApiError> {
     let Json(filter) = body.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, ReasonCode::InvalidParameter, e.body_text())
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ReasonCode::InvalidParameter,
+            e.body_text(),
+        )
     })?;
     if filter.is_empty() {
         return Err(ApiError::new(
@@ -408,8 +415,10 @@ async fn resume_endpoint(
     Path(endpoint): Path<String>,
 ) -> Result<Response, ApiError> {
     let (was_paused, replayed) = state.deliveries.resume_endpoint(&endpoint).await?;
-    Ok(Json(serde_json::json!({ "endpoint": endpoint, "was_paused": was_paused, "replayed": replayed }))
-        .into_response())
+    Ok(Json(
+        serde_json::json!({ "endpoint": endpoint, "was_paused": was_paused, "replayed": replayed }),
+    )
+    .into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -214,7 +214,8 @@ mod tests {
     fn rule(id: &str, goals: Option<&[&str]>, statuses: Option<&[&str]>) -> PostbackRule {
         let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
         PostbackRule {
-            endpoint: Endpoint::get(id, "https://aff.example/pb?c={click_id}", false).unwrap(),
+            endpoint: Endpoint::get(id, "https://aff.example/pb?c={click_id}", false)
+                .expect("test value"),
             goals: goals.map(set),
             statuses: statuses.map(set),
         }
@@ -284,7 +285,7 @@ mod tests {
     #[test]
     fn a_signed_post_carries_a_stable_id_and_a_verifiable_signature() {
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-        let keys = SigningKeys::parse([secret]).unwrap();
+        let keys = SigningKeys::parse([secret]).expect("test value");
         let e = Endpoint::post(
             "p",
             "https://aff.example/hook",
@@ -292,13 +293,17 @@ mod tests {
             Some(keys),
             false,
         )
-        .unwrap();
+        .expect("test value");
         let values = PostbackValues {
             event: "purchase".into(),
             ..Default::default()
         };
-        let r1 = e.build_request("d-1", &values, 1_700_000_000).unwrap();
-        let r2 = e.build_request("d-1", &values, 1_700_000_300).unwrap();
+        let r1 = e
+            .build_request("d-1", &values, 1_700_000_000)
+            .expect("test value");
+        let r2 = e
+            .build_request("d-1", &values, 1_700_000_300)
+            .expect("test value");
         let header = |r: &OutboundRequest, k: &str| {
             r.headers
                 .iter()
@@ -314,7 +319,7 @@ mod tests {
         );
         let body = r1.body.clone().unwrap_or_default();
         assert_eq!(body, br#"{"e":"purchase"}"#);
-        let s = WebhookSecret::parse(secret).unwrap();
+        let s = WebhookSecret::parse(secret).expect("test value");
         assert!(verify(
             &s,
             "msg_d-1",

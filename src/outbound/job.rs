@@ -73,7 +73,7 @@ mod tests {
         assert_eq!(j.idempotency_key(), "d:1:1");
         assert_eq!(j.next().idempotency_key(), "d:1:2");
         assert_eq!(
-            String::from_utf8(j.encode()).unwrap(),
+            String::from_utf8(j.encode()).expect("test value"),
             r#"{"delivery_id":"d","series":1,"attempt_no":1}"#
         );
         assert!(

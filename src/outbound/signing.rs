@@ -183,9 +183,9 @@ mod tests {
 
     #[test]
     fn secrets_parse_with_or_without_prefix_and_padding_and_never_print() {
-        let a = WebhookSecret::parse(SECRET).unwrap();
+        let a = WebhookSecret::parse(SECRET).expect("test value");
         assert_eq!(
-            WebhookSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
+            WebhookSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("test value"),
             a
         );
         assert_eq!(format!("{a:?}"), "WebhookSecret(<redacted>)");
@@ -207,9 +207,10 @@ mod tests {
 
     #[test]
     fn during_rotation_both_keys_sign_and_each_verifies_its_own_entry() {
-        let old = WebhookSecret::parse(SECRET).unwrap();
-        let new = WebhookSecret::parse("whsec_c2Vjb25kLWtleS1mb3Itcm90YXRpb24=").unwrap();
-        let keys = SigningKeys::new(vec![old.clone(), new.clone()]).unwrap();
+        let old = WebhookSecret::parse(SECRET).expect("test value");
+        let new =
+            WebhookSecret::parse("whsec_c2Vjb25kLWtleS1mb3Itcm90YXRpb24=").expect("test value");
+        let keys = SigningKeys::new(vec![old.clone(), new.clone()]).expect("test value");
         let h = keys.sign("msg_1", 1_700_000_000, b"{}");
         let entries: Vec<&str> = h.signature.split(' ').collect();
         assert_eq!(entries.len(), 2);

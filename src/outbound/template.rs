@@ -429,8 +429,8 @@ mod tests {
              &a={affiliate_id}&e={event}&st={status}&p={payout}&cur={currency}&s1={sub1}&s2={sub2}\
              &s3={sub3}&s4={sub4}&s5={sub5}&ts={timestamp}",
         )
-        .unwrap();
-        let url = t.render(&values()).unwrap();
+        .expect("test value");
+        let url = t.render(&values()).expect("test value");
         assert_eq!(
             url.as_str(),
             "https://aff.example/pb?c=ck_AbC-123&cv=42&tx=ord%209007199254740993&o=7&a=aff-1\
@@ -447,15 +447,15 @@ mod tests {
 
     #[test]
     fn tokens_in_the_path_are_encoded_too() {
-        let t = UrlTemplate::parse("https://aff.example/pb/{sub2}/done").unwrap();
-        let url = t.render(&values()).unwrap();
+        let t = UrlTemplate::parse("https://aff.example/pb/{sub2}/done").expect("test value");
+        let url = t.render(&values()).expect("test value");
         assert_eq!(url.path(), "/pb/x%2Fy%3Fz%23w/done");
         assert_eq!(url.query(), None);
     }
 
     #[test]
     fn an_unknown_token_is_a_compile_error_that_names_it() {
-        let err = UrlTemplate::parse("https://aff.example/pb?c={clickid}").unwrap_err();
+        let err = UrlTemplate::parse("https://aff.example/pb?c={clickid}").expect_err("test error");
         assert!(
             matches!(&err, TemplateError::UnknownToken { name, at: 25, .. } if name == "clickid")
         );
@@ -499,10 +499,10 @@ mod tests {
         let t = BodyTemplate::parse(
             r#"{"event":"{event}","amount":"{payout}","nested":{"s":"pre-{sub2}-post","n":3},"list":["{currency}",true]}"#,
         )
-        .unwrap();
+        .expect("test value");
         let mut v = values();
         v.subs[1] = Some(r#"","evil":"1"}"#.into());
-        let body: Value = serde_json::from_slice(&t.render(&v)).unwrap();
+        let body: Value = serde_json::from_slice(&t.render(&v)).expect("test value");
         assert_eq!(
             body,
             serde_json::json!({
@@ -532,9 +532,9 @@ mod tests {
 
     #[test]
     fn the_canonical_body_carries_every_token() {
-        let body: Value =
-            serde_json::from_slice(&BodyTemplate::canonical().render(&values())).unwrap();
-        let obj = body.as_object().unwrap();
+        let body: Value = serde_json::from_slice(&BodyTemplate::canonical().render(&values()))
+            .expect("test value");
+        let obj = body.as_object().expect("test value");
         assert_eq!(obj.len(), Token::ALL.len());
         assert_eq!(obj["timestamp"], "1767323045");
         assert_eq!(obj["sub3"], "");

@@ -2,4 +2,6 @@
 //! the Standard Webhooks vectors, and the real gateway delivering to a recording affiliate.
 
 mod delivery_client;
+mod gateway;
+mod harness;
 mod standard_webhooks_vectors;

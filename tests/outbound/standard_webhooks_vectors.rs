@@ -24,8 +24,8 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
 fn signing_reproduces_the_reference_signature_header_exactly() {
     let all = vectors();
     let v = vector(&all, "sign-function");
-    let keys = SigningKeys::parse([s(v, "secret")]).unwrap();
-    let ts = v["timestamp"].as_i64().unwrap();
+    let keys = SigningKeys::parse([s(v, "secret")]).expect("test value");
+    let ts = v["timestamp"].as_i64().expect("test value");
     let h = keys.sign(s(v, "msg_id"), ts, s(v, "payload").as_bytes());
     assert_eq!(h.signature, s(v, "expected_signature_header"));
     assert_eq!(h.id, v["headers"]["webhook-id"]);
@@ -37,8 +37,8 @@ fn the_reference_signature_verifies_and_a_near_miss_does_not() {
     let all = vectors();
     let good = vector(&all, "sign-function");
     let bad = vector(&all, "invalid-signature-near-miss");
-    let secret = WebhookSecret::parse(s(good, "secret")).unwrap();
-    let ts = good["timestamp"].as_i64().unwrap();
+    let secret = WebhookSecret::parse(s(good, "secret")).expect("test value");
+    let ts = good["timestamp"].as_i64().expect("test value");
     let body = s(good, "payload").as_bytes();
     assert!(verify(
         &secret,
@@ -63,8 +63,8 @@ fn a_multi_signature_header_is_accepted_when_any_entry_matches() {
     let multi = vector(&all, "multi-signature-list");
     let valid = s(good, "expected_signature_header");
     let header = s(multi, "webhook-signature").replace("<valid v1 signature>", valid);
-    let secret = WebhookSecret::parse(s(good, "secret")).unwrap();
-    let ts = good["timestamp"].as_i64().unwrap();
+    let secret = WebhookSecret::parse(s(good, "secret")).expect("test value");
+    let ts = good["timestamp"].as_i64().expect("test value");
     assert!(verify(
         &secret,
         s(good, "msg_id"),
@@ -87,10 +87,13 @@ fn garbage_signatures_are_rejected() {
     let all = vectors();
     let good = vector(&all, "sign-function");
     let garbage = vector(&all, "garbage-signatures");
-    let secret = WebhookSecret::parse(s(good, "secret")).unwrap();
-    let ts = good["timestamp"].as_i64().unwrap();
-    for g in garbage["webhook-signature-values"].as_array().unwrap() {
-        let g = g.as_str().unwrap();
+    let secret = WebhookSecret::parse(s(good, "secret")).expect("test value");
+    let ts = good["timestamp"].as_i64().expect("test value");
+    for g in garbage["webhook-signature-values"]
+        .as_array()
+        .expect("test value")
+    {
+        let g = g.as_str().expect("test value");
         assert!(
             !verify(
                 &secret,
@@ -108,8 +111,11 @@ fn garbage_signatures_are_rejected() {
 fn unpadded_secrets_with_or_without_prefix_parse() {
     let all = vectors();
     let v = vector(&all, "secret-padding");
-    for secret in v["secrets_that_must_work_unpadded"].as_array().unwrap() {
-        let secret = secret.as_str().unwrap();
+    for secret in v["secrets_that_must_work_unpadded"]
+        .as_array()
+        .expect("test value")
+    {
+        let secret = secret.as_str().expect("test value");
         assert!(WebhookSecret::parse(secret).is_ok(), "{secret}");
         assert!(
             WebhookSecret::parse(&format!("whsec_{secret}")).is_ok(),

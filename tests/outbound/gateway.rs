@@ -1,0 +1,223 @@
+//! End to end: postback in → delivery row and job in the same transaction → the worker
+//! sends to a recording fake affiliate, retries on the shrunken schedule, pauses, dead-letters,
+//! replays, and survives a restart.
+
+use postgate::outbound::{WebhookSecret, verify};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::harness::{
+    Receiver, WHSEC, settings_for, spawn_app, spawn_app_with_schedule, spawn_with,
+};
+
+#[tokio::test]
+async fn an_accepted_conversion_is_delivered_once_with_the_rendered_query() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(&receiver).await;
+    let click = app.click("plain").await;
+    let conversion = app.convert(&click, "T-1&x=y", "approved").await;
+
+    let delivery = app.wait_for_state(&conversion, "delivered").await;
+    assert_eq!(delivery["attempts"], 1, "{delivery}");
+    assert_eq!(delivery["status"], "approved");
+    assert_eq!(delivery["attempt_log"][0]["http_status"], 200);
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "exactly one request: {got:?}");
+    let url = reqwest::Url::parse(&format!("http://x{}", got[0].uri)).expect("url");
+    let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+    assert_eq!(got[0].route, "pb");
+    assert_eq!(q["click_id"], click);
+    assert_eq!(q["payout"], "15.00");
+    assert_eq!(q["currency"], "USD");
+    assert_eq!(q["txid"], "T-1&x=y", "values are URL-encoded");
+    assert_eq!(q["status"], "approved");
+    assert_eq!(q["s1"], "s 1", "sub ids come from the click");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_post_endpoint_gets_a_valid_standard_webhooks_signature_and_status_changes() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(&receiver).await;
+    let click = app.click("signed").await;
+    // Pending is not among the endpoint's statuses: nothing is sent for it.
+    let conversion = app.convert(&click, "P-1", "pending").await;
+    assert!(app.deliveries(&conversion).await.is_empty());
+    // The approval is a status change of the same conversion, announced on its own.
+    let approved = app.convert(&click, "P-1", "approved").await;
+    assert_eq!(approved, conversion);
+    let delivery = app.wait_for_state(&conversion, "delivered").await;
+    assert_eq!(delivery["status"], "approved");
+
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let r = &got[0];
+    assert_eq!(r.method, "POST");
+    let header = |k: &str| {
+        r.headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        header("webhook-id"),
+        delivery["webhook_id"].as_str().unwrap_or("?")
+    );
+    let ts: i64 = header("webhook-timestamp").parse().expect("timestamp");
+    let secret = WebhookSecret::parse(WHSEC).expect("secret");
+    assert!(verify(
+        &secret,
+        &header("webhook-id"),
+        ts,
+        &r.body,
+        &header("webhook-signature")
+    ));
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON body");
+    assert_eq!(
+        body,
+        json!({"click": click, "payout": "15.00", "status": "approved"})
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn server_errors_then_success_deliver_on_the_third_attempt() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with_schedule(&receiver, &[0, 1, 2, 60]).await;
+    let click = app.click("flaky").await;
+    let conversion = app.convert(&click, "F-1", "approved").await;
+    let delivery = app.wait_for_state(&conversion, "delivered").await;
+    assert_eq!(delivery["attempts"], 3, "{delivery}");
+    let log = delivery["attempt_log"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let statuses: Vec<_> = log.iter().map(|a| a["http_status"].clone()).collect();
+    assert_eq!(statuses, [json!(500), json!(500), json!(200)]);
+    assert_eq!(log[0]["outcome"], "retry");
+    assert_eq!(log[2]["outcome"], "delivered");
+    assert_eq!(receiver.received().len(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn gone_pauses_the_endpoint_until_it_is_resumed() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(&receiver).await;
+    let click = app.click("gone").await;
+    let conversion = app.convert(&click, "G-1", "approved").await;
+    let delivery = app.wait_for_state(&conversion, "paused").await;
+    assert_eq!(delivery["attempts"], 1);
+    assert_eq!(delivery["attempt_log"][0]["http_status"], 410);
+    assert_eq!(receiver.received().len(), 1, "no retries while paused");
+
+    let (status, body) = app
+        .admin_post("/api/v1/endpoints/aff:gone/resume", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["was_paused"], true);
+    assert_eq!(body["replayed"], 1);
+    // Still 410: paused again, after a second series' first attempt.
+    let delivery = app.wait_for_state(&conversion, "paused").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut delivery = delivery;
+    while delivery["series"] != 2 || delivery["attempts"] != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{delivery}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        delivery = app.wait_for_state(&conversion, "paused").await;
+    }
+    assert_eq!(receiver.received().len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_blocked_address_is_a_failure_and_is_not_followed() {
+    let receiver = Receiver::start().await;
+    let blocked = receiver.redirect_to_blocked().await;
+    let app = spawn_app(&receiver).await;
+    let click = app.click("redirects").await;
+    let conversion = app.convert(&click, "R-1", "approved").await;
+    // Each attempt is a 302 failure until the shrunken schedule ends in a dead letter (two
+    // or three attempts: one that runs past the 2 s horizon is the last).
+    let delivery = app.wait_for_state(&conversion, "dead").await;
+    let log = delivery["attempt_log"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(log.len() >= 2, "{delivery}");
+    assert!(log.iter().all(|a| a["http_status"] == 302), "{delivery}");
+    assert!(
+        blocked.received().is_empty(),
+        "the redirect target was fetched"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_exhausted_delivery_is_dead_lettered_and_a_replay_delivers_it() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(&receiver).await;
+    let click = app.click("down").await;
+    let conversion = app.convert(&click, "D-1", "approved").await;
+    let dead = app.wait_for_state(&conversion, "dead").await;
+    let tried = dead["attempts"].as_u64().unwrap_or_default();
+    assert!(tried >= 2, "{dead}");
+    let last = &dead["attempt_log"][tried as usize - 1];
+    assert_eq!(last["outcome"], "dead");
+    assert_eq!(last["response"], "maintenance");
+
+    receiver.heal();
+    let (status, body) = app
+        .admin_post(
+            "/api/v1/deliveries/replay",
+            json!({ "affiliate": "down", "since": "2020-01-01T00:00:00Z" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["replayed"], 1);
+    let delivered = app.wait_for_state(&conversion, "delivered").await;
+    assert_eq!(delivered["id"], dead["id"], "same delivery, not a new one");
+    assert_eq!(delivered["webhook_id"], dead["webhook_id"]);
+    assert_eq!(delivered["series"], 2);
+    assert_eq!(delivered["attempts"], tried + 1);
+    assert_eq!(receiver.received().len() as u64, tried + 1);
+    assert_eq!(app.deliveries(&conversion).await.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_delivery_queued_before_a_restart_is_delivered_after_it() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("postgate.db");
+    let mut settings = settings_for(&db, &receiver);
+    settings.outbound.worker = false;
+    let app = spawn_with(dir, settings).await;
+    let click = app.click("plain").await;
+    let conversion = app.convert(&click, "S-1", "approved").await;
+    let queued = app.deliveries(&conversion).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        queued[0]["state"], "pending",
+        "committed with the conversion"
+    );
+    let dir = app.stop().await;
+    assert!(receiver.received().is_empty());
+
+    let app = spawn_with(dir, settings_for(&db, &receiver)).await;
+    let delivery = app.wait_for_state(&conversion, "delivered").await;
+    assert_eq!(delivery["attempts"], 1);
+    assert_eq!(receiver.received().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn affiliates_without_a_postback_and_rejected_conversions_get_no_delivery() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(&receiver).await;
+    let click = app.click("silent").await;
+    let conversion = app.convert(&click, "N-1", "approved").await;
+    assert!(app.deliveries(&conversion).await.is_empty());
+    app.stop().await;
+}
