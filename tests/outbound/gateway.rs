@@ -219,5 +219,26 @@ async fn affiliates_without_a_postback_and_rejected_conversions_get_no_delivery(
     let click = app.click("silent").await;
     let conversion = app.convert(&click, "N-1", "approved").await;
     assert!(app.deliveries(&conversion).await.is_empty());
+
+    // A subscribed affiliate's conversion that is rejected (unknown goal) is not announced.
+    let click = app.click("plain").await;
+    let body: serde_json::Value = app
+        .client
+        .get(format!("{}/postback", app.address))
+        .query(&[
+            ("token", crate::harness::ACME_TOKEN),
+            ("click_id", click.as_str()),
+            ("transaction_id", "N-2"),
+            ("goal", "no-such-goal"),
+        ])
+        .send()
+        .await
+        .expect("postback")
+        .json()
+        .await
+        .expect("receipt");
+    assert_eq!(body["status"], "rejected", "{body}");
+    let rejected = body["conversion_id"].as_str().expect("recorded");
+    assert!(app.deliveries(rejected).await.is_empty());
     app.stop().await;
 }
