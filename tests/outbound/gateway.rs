@@ -242,3 +242,52 @@ async fn affiliates_without_a_postback_and_rejected_conversions_get_no_delivery(
     assert!(app.deliveries(rejected).await.is_empty());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_cli_replays_dead_letters_by_affiliate_and_time() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(&receiver).await;
+    let click = app.click("down").await;
+    let conversion = app.convert(&click, "C-1", "approved").await;
+    let dead = app.wait_for_state(&conversion, "dead").await;
+    let tried = dead["attempts"].as_u64().unwrap_or_default();
+    let dir = app.stop().await;
+
+    receiver.heal();
+    let db = dir.path().join("postgate.db");
+    let config = dir.path().join("outbound.toml");
+    std::fs::write(&config, crate::harness::CONFIG).expect("config");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_postgate"))
+        .args(["--config"])
+        .arg(&config)
+        .args([
+            "deliveries",
+            "replay",
+            "--affiliate",
+            "down",
+            "--since",
+            "2020-01-01T00:00:00Z",
+        ])
+        .env("TEST_DB", &db)
+        .env("RECEIVER", &receiver.base)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run postgate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("1 of 1 matching deliveries replayed"),
+        "{stdout}"
+    );
+
+    let app = spawn_with(dir, settings_for(&db, &receiver)).await;
+    let delivered = app.wait_for_state(&conversion, "delivered").await;
+    assert_eq!(delivered["series"], 2);
+    assert_eq!(delivered["attempts"], tried + 1);
+    app.stop().await;
+}

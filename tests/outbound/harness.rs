@@ -23,7 +23,7 @@ pub const ACME_TOKEN: &str = "acme-secret-token";
 pub const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Each affiliate exercises one receiver behaviour (see [`Receiver`]'s routes).
-const CONFIG: &str = r#"
+pub const CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:0"
 database_url = "sqlite://${TEST_DB}"
