@@ -70,12 +70,10 @@ impl Application {
 
         // The delivery worker shares the database file; apalis' tables were created by
         // `store::open`, so the writer can enqueue before the worker runs.
-        let outbound_pool = store::worker_pool(&settings.server.database_url, 4).await?;
+        let outbound_pool = store::worker_pool(&settings.server.database_url, 2).await?;
         let worker = if settings.outbound.worker {
-            Some(crate::delivery::worker::spawn(
-                outbound_pool.clone(),
-                &settings.outbound,
-            )?)
+            let pool = store::delivery_pool(&settings.server.database_url, 4).await?;
+            Some(crate::delivery::worker::spawn(pool, &settings.outbound)?)
         } else {
             None
         };

@@ -291,3 +291,36 @@ async fn the_cli_replays_dead_letters_by_affiliate_and_time() {
     assert_eq!(delivered["attempts"], tried + 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_stuck_endpoint_does_not_hold_up_the_others() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut settings = settings_for(&dir.path().join("postgate.db"), &receiver);
+    // Two worker slots, one per endpoint: without the cap, three stuck attempts would take
+    // both slots and the other affiliate would wait.
+    settings.outbound.concurrency = 2;
+    settings.outbound.per_endpoint_concurrency = 1;
+    let app = spawn_with(dir, settings).await;
+    let mut stuck = Vec::new();
+    for i in 0..3 {
+        let click = app.click("slow").await;
+        stuck.push(app.convert(&click, &format!("W-{i}"), "approved").await);
+    }
+    let click = app.click("plain").await;
+    let other = app.convert(&click, "W-9", "approved").await;
+    // Delivered while every /slow request is still held open.
+    app.wait_for_state(&other, "delivered").await;
+    let held = receiver
+        .received()
+        .iter()
+        .filter(|r| r.route == "slow")
+        .count();
+    assert_eq!(held, 1, "one attempt in flight on the stuck endpoint");
+
+    receiver.release_slow();
+    for id in &stuck {
+        app.wait_for_state(id, "delivered").await;
+    }
+    app.stop().await;
+}

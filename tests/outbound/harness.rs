@@ -76,6 +76,11 @@ postback_url = "${RECEIVER}/down?c={click_id}"
 postback_allow_http = true
 
 [[affiliates]]
+id = "slow"
+postback_url = "${RECEIVER}/slow?c={click_id}"
+postback_allow_http = true
+
+[[affiliates]]
 id = "silent"
 
 [[offers]]
@@ -107,17 +112,18 @@ pub struct Received {
     pub body: Bytes,
 }
 
-#[derive(Default)]
 struct ReceiverState {
     requests: Mutex<Vec<Received>>,
     flaky_calls: AtomicUsize,
     down_healthy: AtomicBool,
     /// Where /redirect points: a second listener on an address the allow-list does not cover.
     redirect_to: Mutex<String>,
+    /// /slow answers only once the test adds permits here.
+    slow_gate: tokio::sync::Semaphore,
 }
 
 /// A recording fake affiliate on 127.0.0.1:0.
-/// Routes: /pb and /hook → 200; /gone → 410; /redirect → 302 to a blocked address;
+/// Routes: /pb and /hook → 200; /slow → 200 once released; /gone → 410; /redirect → 302 to a blocked address;
 /// /flaky → 500, 500, then 200; /down → 500 until [`Receiver::heal`].
 #[derive(Clone)]
 pub struct Receiver {
@@ -143,6 +149,12 @@ async fn record(
         });
     }
     match route.as_str() {
+        "slow" => {
+            if let Ok(permit) = state.slow_gate.acquire().await {
+                permit.forget();
+            }
+            (StatusCode::OK, "ok").into_response()
+        }
         "gone" => StatusCode::GONE.into_response(),
         "redirect" => {
             let to = state
@@ -174,6 +186,18 @@ async fn serve(addr: &str, state: Arc<ReceiverState>) -> SocketAddr {
     local
 }
 
+impl Default for ReceiverState {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::default(),
+            flaky_calls: AtomicUsize::default(),
+            down_healthy: AtomicBool::default(),
+            redirect_to: Mutex::default(),
+            slow_gate: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
 impl Receiver {
     pub async fn start() -> Self {
         let state = Arc::new(ReceiverState::default());
@@ -196,6 +220,13 @@ impl Receiver {
             base: format!("http://{addr}"),
             state: blocked,
         }
+    }
+
+    /// Lets every held and future /slow request answer.
+    pub fn release_slow(&self) {
+        self.state
+            .slow_gate
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
     }
 
     pub fn heal(&self) {
