@@ -96,11 +96,14 @@ pub struct Decision {
     /// For an update without a click ID: the `txn_key`s it may refer to (one per offer of
     /// the advertiser). Such a decision never creates a conversion; it only updates one.
     pub txn_candidates: Vec<String>,
-    /// Outbound endpoints subscribed to this conversion's affiliate, offer, goal and status.
-    /// The writer enqueues a delivery to each if the conversion is recorded as accepted or
-    /// changes status. (Updates by transaction only, without a click, carry none: their
-    /// affiliate is unknown until the row is found.)
+    /// Outbound endpoints subscribed to this conversion's affiliate, offer, goal and status:
+    /// the writer enqueues a delivery to each if the conversion is recorded as accepted.
     pub postbacks: Vec<String>,
+    /// The postback rules of the catalog this was judged with. A status change is announced
+    /// to the endpoints these select for the stored row (an update by transaction ID alone
+    /// does not know its affiliate until the row is found).
+    pub postback_rules:
+        std::sync::Arc<std::collections::HashMap<String, crate::outbound::AffiliatePostbacks>>,
 }
 
 impl Decision {
@@ -161,6 +164,7 @@ pub fn evaluate(
         raw_request_id: None,
         txn_candidates: Vec::new(),
         postbacks: Vec::new(),
+        postback_rules: catalog.postbacks.clone(),
     };
 
     let Some(click_text) = postback.click_id.as_deref().filter(|c| !c.is_empty()) else {

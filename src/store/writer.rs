@@ -332,7 +332,10 @@ async fn commit(
     clicks: &[ClickRow],
 ) -> Result<Vec<Receipt>, StoreError> {
     let now = Utc::now();
-    let mut tx = conn.begin().await?;
+    // IMMEDIATE: this transaction reads before it writes, and the delivery worker writes
+    // to the same file. A deferred one would fail at once with "database is locked" when
+    // its read snapshot went stale, instead of waiting (busy_timeout) for the write lock.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     if !batch.raws.is_empty() || !batch.failures.is_empty() {
         let mut qb = QueryBuilder::new("");
         push_insert_raw(

@@ -324,3 +324,56 @@ async fn a_stuck_endpoint_does_not_hold_up_the_others() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_refund_without_a_click_id_is_announced_as_a_reversal() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app(&receiver).await;
+    let click = app.click("signed").await;
+    let fixture = |p: &str| std::fs::read(format!("tests/fixtures/{p}")).expect("fixture");
+    let order = String::from_utf8(fixture(
+        "derived/shopify_orders_paid.note_attribute_click_id.json",
+    ))
+    .expect("utf-8")
+    .replace("pgc_note_7Hq2ZkP4", &click)
+    .replace(
+        "2021-12-31T19:00:00-05:00",
+        &(chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339(),
+    );
+    let paid = app
+        .send_shopify("orders/paid", "wh-1", order.into_bytes())
+        .await;
+    assert_eq!(paid["events"][0]["status"], "accepted", "{paid}");
+    let conversion = paid["events"][0]["conversion_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    app.wait_for_state(&conversion, "delivered").await;
+
+    // The refund names the order only; the affiliate is known once the row is found.
+    let refund = fixture("shopify/refunds_create.shopify-dev-2026-07.json");
+    let body = app.send_shopify("refunds/create", "wh-2", refund).await;
+    assert_eq!(body["events"][0]["status"], "accepted", "{body}");
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let list = app.deliveries(&conversion).await;
+        if list.len() == 2 && list.iter().all(|d| d["state"] == "delivered") {
+            let announced: Vec<_> = list.iter().map(|d| d["status"].clone()).collect();
+            assert_eq!(announced, [json!("approved"), json!("reversed")]);
+            assert_ne!(list[0]["webhook_id"], list[1]["webhook_id"]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{list:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let bodies: Vec<serde_json::Value> = receiver
+        .received()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("JSON"))
+        .collect();
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(bodies[1]["status"], "reversed");
+    assert_eq!(bodies[1]["click"], click.as_str());
+    app.stop().await;
+}

@@ -32,6 +32,9 @@ admin_token = "test-admin-token"
 [network]
 currency = "USD"
 
+[fx]
+EUR = "1.08"
+
 [click_ids]
 active = 1
 keys = [{ id = 1, secret = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=" }]
@@ -82,6 +85,10 @@ postback_allow_http = true
 
 [[affiliates]]
 id = "silent"
+
+[[hooks]]
+connector = "shopify"
+advertiser = "acme"
 
 [[offers]]
 id = "shoes"
@@ -250,19 +257,29 @@ pub struct TestApp {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+pub const SHOPIFY_SECRET: &str = "test-shopify-secret-0123456789";
+
 pub fn settings_for(db: &Path, receiver: &Receiver) -> Settings {
     let db = db.display().to_string();
     let base = receiver.base.clone();
-    Settings::from_toml(
-        Path::new("outbound-test.toml"),
-        CONFIG,
-        &move |name| match name {
-            "TEST_DB" => Some(db.clone()),
-            "RECEIVER" => Some(base.clone()),
-            _ => None,
-        },
-    )
-    .expect("test config is valid")
+    let mut settings =
+        Settings::from_toml(
+            Path::new("outbound-test.toml"),
+            CONFIG,
+            &move |name| match name {
+                "TEST_DB" => Some(db.clone()),
+                "RECEIVER" => Some(base.clone()),
+                _ => None,
+            },
+        )
+        .expect("test config is valid");
+    settings.hooks.env = postgate::connector::Env::Fixed(
+        [("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    );
+    settings
 }
 
 /// The gateway on a fresh database, delivering to `receiver`.
@@ -395,6 +412,29 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A Shopify webhook signed with the test secret.
+    pub async fn send_shopify(&self, topic: &str, webhook_id: &str, body: Vec<u8>) -> Value {
+        use base64::Engine as _;
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SHOPIFY_SECRET.as_bytes()).expect("key");
+        mac.update(&body);
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let resp = self
+            .client
+            .post(format!("{}/hooks/shopify", self.address))
+            .header("content-type", "application/json")
+            .header("x-shopify-topic", topic)
+            .header("x-shopify-hmac-sha256", signature)
+            .header("x-shopify-webhook-id", webhook_id)
+            .header("x-shopify-shop-domain", "shop.example")
+            .body(body)
+            .send()
+            .await
+            .expect("shopify");
+        resp.json().await.expect("JSON")
     }
 
     pub async fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
