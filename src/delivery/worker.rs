@@ -83,10 +83,12 @@ impl DeliveryContext {
 pub struct RunningWorker {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    prune: tokio::task::JoinHandle<()>,
 }
 
 impl RunningWorker {
     pub async fn stop(self) {
+        self.prune.abort();
         let _ = self.stop.send(());
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "Delivery worker ended abnormally.");
@@ -97,6 +99,7 @@ impl RunningWorker {
 /// Starts the worker on `pool` (a writable pool on the gateway's database).
 pub fn spawn(pool: SqlitePool, settings: &OutboundSettings) -> Result<RunningWorker, WorkerError> {
     let ctx = Arc::new(DeliveryContext::new(pool.clone(), settings)?);
+    let ctx_pool = pool.clone();
     let concurrency = settings.concurrency;
     let poll = settings.poll_interval;
     // Unique per start: apalis refuses a name whose row was seen within a heartbeat.
@@ -129,7 +132,40 @@ pub fn spawn(pool: SqlitePool, settings: &OutboundSettings) -> Result<RunningWor
             Err(e) => tracing::error!(error = %e, "Delivery worker failed."),
         }
     });
-    Ok(RunningWorker { stop, task })
+    let prune = tokio::spawn(prune_loop(ctx_pool, Duration::from_secs(3600)));
+    Ok(RunningWorker { stop, task, prune })
+}
+
+/// How long finished jobs stay in apalis' table. Our own attempt log is the record; the
+/// `Jobs` rows only have to outlive a re-run after a crash.
+const KEEP_FINISHED_JOBS_SECS: i64 = 86_400;
+
+/// Deletes finished jobs of our queue now and then. apalis' own `Vacuum` is not used: it runs
+/// a full `VACUUM` on the shared file and its age filter compares seconds with text.
+async fn prune_loop(pool: SqlitePool, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = sqlx::query(
+            "DELETE FROM Jobs WHERE job_type = $1 AND status IN ('Done', 'Killed')
+                AND done_at < strftime('%s', 'now') - $2",
+        )
+        .bind(QUEUE)
+        .bind(KEEP_FINISHED_JOBS_SECS)
+        .execute(&pool)
+        .await;
+        match result {
+            Ok(r) if r.rows_affected() > 0 => {
+                tracing::info!(
+                    deleted = r.rows_affected(),
+                    "Pruned finished delivery jobs."
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Pruning finished delivery jobs failed."),
+        }
+    }
 }
 
 /// The apalis handler: one attempt.
