@@ -1167,6 +1167,71 @@ mod tests {
     }
 
     #[test]
+    fn postback_templates_are_compiled_at_load_and_defaults_may_hold_tokens() {
+        let base = r#"
+[[advertisers]]
+id = "a"
+token = "abcdefgh"
+[[affiliates]]
+id = "f"
+postback_url = "${PB:-https://aff.example/pb?c={click_id}&p={payout}}"
+[[offers]]
+id = "o"
+advertiser = "a"
+landing_url = "https://x.example/?s={click_id}"
+[[offers.goals]]
+name = "g"
+payout = { fixed = "1.00" }
+revenue = { percent = "100" }
+[[offers.postbacks]]
+affiliate = "f"
+url = "https://aff.example/o?c={click_id}"
+statuses = ["approved"]
+"#;
+        let settings =
+            Settings::from_toml(Path::new("p.toml"), base, &|_| None).expect("valid postbacks");
+        let rules = &settings.outbound.postbacks["f"];
+        assert_eq!(
+            rules.global.as_ref().map(|r| r.endpoint.id.as_str()),
+            Some("aff:f")
+        );
+        assert!(rules.select("o", "g", "approved").is_some());
+        assert!(
+            rules.select("o", "g", "pending").is_none(),
+            "override, no fall-back"
+        );
+        let with_env = Settings::from_toml(Path::new("p.toml"), base, &|n| {
+            (n == "PB").then(|| "https://env.example/x?c={click_id}".to_owned())
+        })
+        .expect("env URL");
+        assert!(with_env.outbound.postbacks["f"].global.is_some());
+
+        for (bad, key) in [
+            (
+                base.replace("&p={payout}", "&p={payot}"),
+                "affiliates[0].postback",
+            ),
+            (
+                base.replace("https://aff.example/pb", "http://aff.example/pb"),
+                "affiliates[0].postback",
+            ),
+            (
+                base.replace("affiliate = \"f\"", "affiliate = \"nobody\""),
+                "offers[0].postbacks[0].affiliate",
+            ),
+            (
+                base.replace("[\"approved\"]", "[\"paid\"]"),
+                "offers[0].postbacks[0]",
+            ),
+        ] {
+            let err = Settings::from_toml(Path::new("p.toml"), &bad, &|_| None)
+                .expect_err("must fail")
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn references_and_values_are_checked() {
         let base = r#"
 [[advertisers]]
