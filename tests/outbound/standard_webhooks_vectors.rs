@@ -1,11 +1,11 @@
 //! Signing checked against the Standard Webhooks reference test vectors
-//! (tests/fixtures/standard_webhooks/test_vectors.json, a byte-exact copy of the shared fixture).
+//! (tests/fixtures/standard_webhooks/test_vectors.json, shared with the inbound connector tests).
 
 use postgate::outbound::{SigningKeys, WebhookSecret, verify};
 use serde_json::Value;
 
 fn vectors() -> Value {
-    let raw = include_str!("fixtures/standard_webhooks/test_vectors.json");
+    let raw = include_str!("../fixtures/standard_webhooks/test_vectors.json");
     serde_json::from_str(raw).expect("fixture is JSON")
 }
 
@@ -131,7 +131,7 @@ fn the_fixture_copy_is_byte_exact() {
     if let Ok(original) = std::fs::read(shared) {
         assert_eq!(
             original,
-            include_bytes!("fixtures/standard_webhooks/test_vectors.json")
+            include_bytes!("../fixtures/standard_webhooks/test_vectors.json")
         );
     }
 }
