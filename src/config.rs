@@ -51,6 +51,29 @@ pub struct Settings {
     pub affiliates: Vec<AffiliateSpec>,
     pub offers: Vec<OfferSpec>,
     pub hooks: HooksSettings,
+    pub outbound: OutboundSettings,
+}
+
+/// Outbound postbacks: who gets them (compiled templates, validated at load) and how the
+/// delivery worker behaves.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    /// Affiliate key → its global postback and per-offer overrides (offer keys).
+    pub postbacks: HashMap<String, crate::outbound::AffiliatePostbacks>,
+    /// Networks the client may reach despite the SSRF policy (`outbound.allow_networks`
+    /// plus `POSTGATE_OUTBOUND_ALLOW`).
+    pub allow_networks: Vec<String>,
+    pub schedule: crate::outbound::RetrySchedule,
+    /// Concurrent attempts of the whole worker.
+    pub concurrency: usize,
+    /// Concurrent attempts per endpoint, so one slow affiliate cannot starve the rest.
+    pub per_endpoint_concurrency: usize,
+    pub connect_timeout: std::time::Duration,
+    pub total_timeout: std::time::Duration,
+    /// How often an idle worker looks for due attempts.
+    pub poll_interval: std::time::Duration,
+    /// Whether this process runs the delivery worker (enqueueing happens regardless).
+    pub worker: bool,
 }
 
 /// Webhook sources: which connector files to load and whose conversions they report.
@@ -253,6 +276,50 @@ struct RawFile {
     hooks: Vec<RawHook>,
     #[serde(default)]
     paths: RawPaths,
+    #[serde(default)]
+    outbound: RawOutbound,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbound {
+    #[serde(default)]
+    allow_networks: Vec<String>,
+    /// Attempt start offsets in seconds from the first attempt (first must be 0).
+    schedule_seconds: Option<Vec<u64>>,
+    jitter: Option<f64>,
+    concurrency: Option<usize>,
+    per_endpoint_concurrency: Option<usize>,
+    connect_timeout_ms: Option<u64>,
+    total_timeout_ms: Option<u64>,
+    poll_interval_ms: Option<u64>,
+    worker: Option<bool>,
+}
+
+/// One postback destination as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostback {
+    url: String,
+    /// "get" (default: the URL is a template) or "post" (JSON body, Standard Webhooks).
+    method: Option<String>,
+    /// POST body template (JSON with `{token}` strings); default: the canonical body.
+    body: Option<String>,
+    /// `whsec_` secrets; two during a rotation.
+    #[serde(default)]
+    secrets: Vec<String>,
+    goals: Option<Vec<String>>,
+    statuses: Option<Vec<String>>,
+    #[serde(default)]
+    allow_http: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOfferPostback {
+    affiliate: String,
+    #[serde(flatten)]
+    postback: RawPostback,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -324,6 +391,12 @@ struct RawAdvertiser {
 struct RawAffiliate {
     id: String,
     name: Option<String>,
+    /// Shorthand for a GET postback on every goal and status.
+    postback_url: Option<String>,
+    /// Lets `postback_url` use plain http (demo and self-hosted receivers).
+    #[serde(default)]
+    postback_allow_http: bool,
+    postback: Option<RawPostback>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +416,9 @@ struct RawOffer {
     conversion_window_days: Option<i64>,
     #[serde(default)]
     goals: Vec<RawGoal>,
+    /// Per-affiliate overrides of the affiliate's global postback for this offer.
+    #[serde(default)]
+    postbacks: Vec<RawOfferPostback>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -440,8 +516,23 @@ pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
             out.push('$');
             rest = stripped;
         } else if let Some(body) = after.strip_prefix('{') {
+            // Braces nest, so a default may itself hold `{token}`s (postback templates).
+            let mut depth = 0usize;
             let end = body
-                .find('}')
+                .char_indices()
+                .find(|&(_, c)| match c {
+                    '{' => {
+                        depth += 1;
+                        false
+                    }
+                    '}' if depth == 0 => true,
+                    '}' => {
+                        depth -= 1;
+                        false
+                    }
+                    _ => false,
+                })
+                .map(|(i, _)| i)
                 .ok_or_else(|| format!("unclosed ${{ in {text:?}"))?;
             let inner = &body[..end];
             let (name, default) = match inner.split_once(":-") {
@@ -646,8 +737,32 @@ fn validate(
     }
 
     let mut affiliates = Vec::new();
+    let mut postbacks: HashMap<String, crate::outbound::AffiliatePostbacks> = HashMap::new();
     let mut seen = HashSet::new();
     for (i, a) in raw.affiliates.into_iter().enumerate() {
+        let global = match (a.postback_url, a.postback) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    format!("affiliates[{i}].postback"),
+                    "write postback_url or a [postback] table, not both".into(),
+                ));
+            }
+            (Some(url), None) => Some(RawPostback {
+                url,
+                method: None,
+                body: None,
+                secrets: Vec::new(),
+                goals: None,
+                statuses: None,
+                allow_http: a.postback_allow_http,
+            }),
+            (None, p) => p,
+        };
+        if let Some(p) = global {
+            let rule = compile_postback(&format!("aff:{}", a.id), p)
+                .map_err(|m| invalid(format!("affiliates[{i}].postback"), m))?;
+            postbacks.entry(a.id.clone()).or_default().global = Some(rule);
+        }
         check_key(&a.id).map_err(|m| invalid(format!("affiliates[{i}].id"), m))?;
         if !seen.insert(a.id.clone()) {
             return Err(invalid(
@@ -660,6 +775,7 @@ fn validate(
             key: a.id,
         });
     }
+    let seen_affiliates = seen;
 
     let mut offers = Vec::new();
     let mut seen = HashSet::new();
@@ -760,6 +876,25 @@ fn validate(
                 format!("{default_goal:?} is not one of the offer's goals"),
             ));
         }
+        for (j, p) in o.postbacks.iter().enumerate() {
+            let at = format!("{key}.postbacks[{j}]");
+            if !seen_affiliates.contains(&p.affiliate) {
+                return Err(invalid(
+                    format!("{at}.affiliate"),
+                    format!("no affiliate {:?}", p.affiliate),
+                ));
+            }
+            let rule = compile_postback(
+                &format!("aff:{}:offer:{}", p.affiliate, o.id),
+                p.postback.clone(),
+            )
+            .map_err(|m| invalid(at, m))?;
+            postbacks
+                .entry(p.affiliate.clone())
+                .or_default()
+                .offer_overrides
+                .insert(o.id.clone(), rule);
+        }
         offers.push(OfferSpec {
             name: o.name.unwrap_or_else(|| o.id.clone()),
             key: o.id,
@@ -795,6 +930,56 @@ fn validate(
             advertiser: h.advertiser,
         });
     }
+    let o = raw.outbound;
+    let mut allow_networks = o.allow_networks;
+    if let Some(extra) = env(crate::delivery::ALLOW_ENV) {
+        allow_networks.extend(
+            extra
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    crate::delivery::AllowList::parse(allow_networks.iter().map(String::as_str))
+        .map_err(|e| invalid("outbound.allow_networks".into(), e.to_string()))?;
+    let standard = crate::outbound::RetrySchedule::standard();
+    let schedule = match (o.schedule_seconds, o.jitter) {
+        (None, None) => standard,
+        (offsets, jitter) => crate::outbound::RetrySchedule::new(
+            offsets.map_or_else(
+                || standard.offsets().to_vec(),
+                |v| v.into_iter().map(std::time::Duration::from_secs).collect(),
+            ),
+            jitter.unwrap_or(0.2),
+        )
+        .map_err(|e| invalid("outbound.schedule_seconds".into(), e.to_string()))?,
+    };
+    let positive = |key: &str, v: usize| {
+        if v == 0 {
+            Err(invalid(
+                format!("outbound.{key}"),
+                "must be at least 1".into(),
+            ))
+        } else {
+            Ok(v)
+        }
+    };
+    let ms = std::time::Duration::from_millis;
+    let outbound = OutboundSettings {
+        postbacks,
+        allow_networks,
+        schedule,
+        concurrency: positive("concurrency", o.concurrency.unwrap_or(64))?,
+        per_endpoint_concurrency: positive(
+            "per_endpoint_concurrency",
+            o.per_endpoint_concurrency.unwrap_or(8),
+        )?,
+        connect_timeout: ms(o.connect_timeout_ms.unwrap_or(5_000)),
+        total_timeout: ms(o.total_timeout_ms.unwrap_or(15_000)),
+        poll_interval: ms(o.poll_interval_ms.unwrap_or(200).max(10)),
+        worker: o.worker.unwrap_or(true),
+    };
     let hooks = HooksSettings {
         connectors_dir: PathBuf::from(raw.paths.connectors.unwrap_or_else(|| "connectors".into())),
         mappings_dir: PathBuf::from(raw.paths.mappings.unwrap_or_else(|| "mappings".into())),
@@ -813,6 +998,51 @@ fn validate(
         affiliates,
         offers,
         hooks,
+        outbound,
+    })
+}
+
+/// Compiles one postback destination; unknown tokens and bad secrets are errors here.
+fn compile_postback(id: &str, p: RawPostback) -> Result<crate::outbound::PostbackRule, String> {
+    use crate::outbound::{Endpoint, SigningKeys};
+    let statuses = match p.statuses {
+        Some(list) => {
+            for s in &list {
+                if crate::domain::Status::parse(s).is_none() {
+                    return Err(format!(
+                        "unknown status {s:?}; one of pending, approved, rejected, reversed"
+                    ));
+                }
+            }
+            Some(list.into_iter().collect())
+        }
+        None => None,
+    };
+    let endpoint = match p.method.as_deref().unwrap_or("get") {
+        "get" => {
+            if p.body.is_some() || !p.secrets.is_empty() {
+                return Err("body and secrets need method = \"post\"".into());
+            }
+            Endpoint::get(id, &p.url, p.allow_http)
+        }
+        "post" => {
+            let signing = if p.secrets.is_empty() {
+                None
+            } else {
+                Some(
+                    SigningKeys::parse(p.secrets.iter().map(String::as_str))
+                        .map_err(|e| e.to_string())?,
+                )
+            };
+            Endpoint::post(id, &p.url, p.body.as_deref(), signing, p.allow_http)
+        }
+        other => return Err(format!("method {other:?}: one of get, post")),
+    }
+    .map_err(|e| crate::store::writer::error_chain(&e))?;
+    Ok(crate::outbound::PostbackRule {
+        endpoint,
+        goals: p.goals.map(|g| g.into_iter().collect()),
+        statuses,
     })
 }
 
@@ -934,6 +1164,71 @@ mod tests {
         assert!(err.starts_with("p.toml: "), "{err}");
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn postback_templates_are_compiled_at_load_and_defaults_may_hold_tokens() {
+        let base = r#"
+[[advertisers]]
+id = "a"
+token = "abcdefgh"
+[[affiliates]]
+id = "f"
+postback_url = "${PB:-https://aff.example/pb?c={click_id}&p={payout}}"
+[[offers]]
+id = "o"
+advertiser = "a"
+landing_url = "https://x.example/?s={click_id}"
+[[offers.goals]]
+name = "g"
+payout = { fixed = "1.00" }
+revenue = { percent = "100" }
+[[offers.postbacks]]
+affiliate = "f"
+url = "https://aff.example/o?c={click_id}"
+statuses = ["approved"]
+"#;
+        let settings =
+            Settings::from_toml(Path::new("p.toml"), base, &|_| None).expect("valid postbacks");
+        let rules = &settings.outbound.postbacks["f"];
+        assert_eq!(
+            rules.global.as_ref().map(|r| r.endpoint.id.as_str()),
+            Some("aff:f")
+        );
+        assert!(rules.select("o", "g", "approved").is_some());
+        assert!(
+            rules.select("o", "g", "pending").is_none(),
+            "override, no fall-back"
+        );
+        let with_env = Settings::from_toml(Path::new("p.toml"), base, &|n| {
+            (n == "PB").then(|| "https://env.example/x?c={click_id}".to_owned())
+        })
+        .expect("env URL");
+        assert!(with_env.outbound.postbacks["f"].global.is_some());
+
+        for (bad, key) in [
+            (
+                base.replace("&p={payout}", "&p={payot}"),
+                "affiliates[0].postback",
+            ),
+            (
+                base.replace("https://aff.example/pb", "http://aff.example/pb"),
+                "affiliates[0].postback",
+            ),
+            (
+                base.replace("affiliate = \"f\"", "affiliate = \"nobody\""),
+                "offers[0].postbacks[0].affiliate",
+            ),
+            (
+                base.replace("[\"approved\"]", "[\"paid\"]"),
+                "offers[0].postbacks[0]",
+            ),
+        ] {
+            let err = Settings::from_toml(Path::new("p.toml"), &bad, &|_| None)
+                .expect_err("must fail")
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

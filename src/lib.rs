@@ -20,15 +20,22 @@
 //!   then dedupe and status transitions inside the writer's transaction.
 //! * [`ledger`] — double-entry postings and derived balances.
 //! * [`store`] — SQLite, migrations, the catalog snapshot and the group-commit writer.
+//! * [`outbound`] — affiliate postbacks, the pure part: endpoints, templates, Standard Webhooks
+//!   signing, the retry schedule and the queue's job type. Deliveries are enqueued by the
+//!   writer in the conversion's own transaction.
+//! * [`delivery`] — the worker that sends them: the only reqwest client (SSRF-safe), the
+//!   attempt log, dead letters and replay.
 //! * [`startup`] / [`telemetry`] — wiring the above into a running server.
 
 pub mod attribution;
 pub mod config;
 pub mod connector;
+pub mod delivery;
 pub mod domain;
 pub mod http;
 pub mod ledger;
 pub mod mapping;
+pub mod outbound;
 pub mod pipeline;
 pub mod s2s;
 pub mod startup;

@@ -1,6 +1,6 @@
 //! The `postgate` command: `serve` runs the gateway; `check` validates the configuration,
 //! connectors and mappings and runs every mapping test case; `map` shows what a payload
-//! becomes.
+//! becomes; `deliveries replay` replays outbound postbacks by filter.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +56,40 @@ enum Command {
         #[arg(long, default_value = "POST")]
         method: String,
     },
+    /// Outbound postback deliveries.
+    Deliveries {
+        #[command(subcommand)]
+        action: DeliveriesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// Replay deliveries: a new attempt series of the same delivery (same webhook-id), never a
+    /// new conversion. Works beside a running gateway (same database file).
+    Replay {
+        /// One delivery by id.
+        #[arg(long)]
+        id: Option<String>,
+        /// Affiliate id (configuration key).
+        #[arg(long)]
+        affiliate: Option<String>,
+        /// Offer id (configuration key).
+        #[arg(long)]
+        offer: Option<String>,
+        /// Deliveries created at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Deliveries created before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// dead (default), delivered, paused or any; pending ones are never replayed.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only count what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,7 +116,83 @@ fn main() -> ExitCode {
         Command::Check => check(&cli.config, &settings),
         Command::Serve => serve(settings),
         Command::Map { .. } => ExitCode::SUCCESS,
+        Command::Deliveries {
+            action:
+                DeliveriesCommand::Replay {
+                    id,
+                    affiliate,
+                    offer,
+                    since,
+                    until,
+                    state,
+                    dry_run,
+                },
+        } => replay(
+            &settings,
+            postgate::delivery::admin::ReplayFilter {
+                id,
+                affiliate,
+                offer,
+                since,
+                until,
+                state,
+            },
+            dry_run,
+        ),
     }
+}
+
+fn replay(
+    settings: &Settings,
+    filter: postgate::delivery::admin::ReplayFilter,
+    dry_run: bool,
+) -> ExitCode {
+    if filter.is_empty() {
+        eprintln!("error: give --id, or at least one of --affiliate, --offer, --since, --until");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let url = &settings.server.database_url;
+        let result = async {
+            // Opening migrates (idempotently), so apalis' tables exist even on a fresh file.
+            drop(postgate::store::open(url).await?);
+            let pool = postgate::store::worker_pool(url, 2).await?;
+            let deliveries = postgate::delivery::admin::Deliveries::new(pool);
+            let ids = deliveries.select(&filter).await?;
+            if dry_run {
+                println!("{} deliveries match", ids.len());
+                return Ok(());
+            }
+            let bar = indicatif::ProgressBar::new(ids.len() as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} deliveries replayed ({per_sec}, eta {eta})",
+            ) {
+                bar.set_style(style);
+            }
+            let replayed = deliveries.replay(&ids, |n| bar.inc(n as u64)).await?;
+            bar.finish();
+            println!(
+                "{replayed} of {} matching deliveries replayed; the gateway's worker sends them",
+                ids.len()
+            );
+            Ok::<(), postgate::store::StoreError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", postgate::store::writer::error_chain(&e));
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// Definitions are checked with placeholders for unset secrets, so `check` runs on a

@@ -25,6 +25,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Definitions(Vec<crate::connector::ConfigError>),
+    #[error("cannot start the delivery worker")]
+    Worker(#[from] crate::delivery::worker::WorkerError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -40,6 +42,7 @@ pub struct Application {
     state: AppState,
     writer_task: tokio::task::JoinHandle<()>,
     checkpoint_task: tokio::task::JoinHandle<()>,
+    worker: Option<crate::delivery::worker::RunningWorker>,
 }
 
 impl Application {
@@ -51,18 +54,29 @@ impl Application {
         } = store::open(&settings.server.database_url).await?;
         catalog::upsert_from_settings(&mut conn, settings).await?;
         let keys = store::click_keys(&mut conn, settings).await?;
-        let snapshot = catalog::load(
+        let mut snapshot = catalog::load(
             &mut conn,
             settings.network_currency,
             settings.fx_rates.clone(),
         )
         .await?;
+        snapshot.postbacks = Arc::new(settings.outbound.postbacks.clone());
         let hooks = load_hooks(settings, &snapshot)?;
         let (writer, writer_task) = writer::spawn(conn, settings.writer.max_batch);
         let checkpoint_task = tokio::spawn(store::checkpoint_loop(
             checkpointer,
             std::time::Duration::from_secs(1),
         ));
+
+        // The delivery worker shares the database file; apalis' tables were created by
+        // `store::open`, so the writer can enqueue before the worker runs.
+        let outbound_pool = store::worker_pool(&settings.server.database_url, 2).await?;
+        let worker = if settings.outbound.worker {
+            let pool = store::delivery_pool(&settings.server.database_url, 4).await?;
+            Some(crate::delivery::worker::spawn(pool, &settings.outbound)?)
+        } else {
+            None
+        };
 
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
@@ -82,6 +96,7 @@ impl Application {
             admin_token: settings.server.admin_token.as_deref().map(Arc::from),
             client_ip_header: settings.server.client_ip_header.as_deref().map(Arc::from),
             max_body_bytes: settings.server.max_body_bytes,
+            deliveries: crate::delivery::admin::Deliveries::new(outbound_pool),
         };
         Ok(Self {
             listener,
@@ -89,6 +104,7 @@ impl Application {
             state,
             writer_task,
             checkpoint_task,
+            worker,
         })
     }
 
@@ -110,6 +126,10 @@ impl Application {
         // The router (and with it every writer handle) is gone: the writer drains and stops.
         if let Err(e) = self.writer_task.await {
             tracing::error!(error = %e, "Writer task ended abnormally.");
+        }
+        // In-flight attempts finish and are recorded; queued ones wait in the database.
+        if let Some(worker) = self.worker {
+            worker.stop().await;
         }
         self.checkpoint_task.abort();
         Ok(())

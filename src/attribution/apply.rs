@@ -21,6 +21,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use super::{Decision, TIME_RULES};
 use crate::domain::{Reason, ReasonCode, Receipt, Status, Verdict};
 use crate::ledger::{self, Posting};
+use crate::outbound::NewDelivery;
+use crate::outbound::enqueue;
 use crate::store::StoreError;
 
 /// Rows per multi-row insert (28 binds each, well under SQLite's 32 766).
@@ -38,9 +40,11 @@ pub async fn apply_batch(
 
     let mut receipts = Vec::with_capacity(decisions.len());
     let mut postings: Vec<Posting> = Vec::new();
+    let mut deliveries: Vec<NewDelivery> = Vec::new();
     for d in decisions {
         let receipt = if inserted.contains(d.conversion_id.as_str()) {
             postings.extend(postings_for_new(d));
+            deliveries.extend(deliveries_for_new(d));
             own_receipt(d)
         } else {
             // Postings so far must be visible to the slow path's reads (a reversal of a
@@ -52,7 +56,56 @@ pub async fn apply_batch(
         receipts.push(receipt);
     }
     ledger::insert(conn, &postings, now_ms).await?;
+    enqueue::insert(conn, &deliveries, now_ms).await?;
     Ok(receipts)
+}
+
+/// The deliveries a freshly inserted decision brings: an accepted conversion is announced
+/// to every subscribed endpoint; a rejected one to none.
+pub fn deliveries_for_new(d: &Decision) -> Vec<NewDelivery> {
+    if d.is_rejected() {
+        return Vec::new();
+    }
+    deliveries_for(&d.conversion_id, d, d.status)
+}
+
+/// One delivery per endpoint the decision subscribes, announcing `status` of `conversion_id`.
+fn deliveries_for(conversion_id: &str, d: &Decision, status: Status) -> Vec<NewDelivery> {
+    d.postbacks
+        .iter()
+        .map(|endpoint| {
+            NewDelivery::new(
+                conversion_id,
+                endpoint,
+                d.affiliate_id,
+                d.offer_id,
+                status.as_str(),
+            )
+        })
+        .collect()
+}
+
+/// The deliveries announcing that the existing conversion `e` became `status`. Subscriptions
+/// are judged on the stored row (its affiliate, offer and goal), so an update that carried
+/// only a transaction ID is announced too.
+fn deliveries_for_change(e: &Existing, d: &Decision, status: Status) -> Vec<NewDelivery> {
+    let (Some(aff), Some(offer), Some(goal)) = (&e.affiliate_key, &e.offer_key, &e.goal) else {
+        return Vec::new();
+    };
+    d.postback_rules
+        .get(aff)
+        .and_then(|p| p.select(offer, goal, status.as_str()))
+        .map(|rule| {
+            NewDelivery::new(
+                &e.id,
+                &rule.endpoint.id,
+                e.affiliate_id,
+                e.offer_id,
+                status.as_str(),
+            )
+        })
+        .into_iter()
+        .collect()
 }
 
 /// Whether a decision can go through the fast path: a new row, not a status update.
@@ -227,14 +280,20 @@ struct Existing {
     payout_minor: Option<i64>,
     revenue_minor: Option<i64>,
     network_currency: Option<String>,
+    offer_id: Option<i64>,
+    affiliate_id: Option<i64>,
+    offer_key: Option<String>,
+    goal: Option<String>,
     by: ReasonCode,
 }
 
 const EXISTING_SELECT: &str = "SELECT c.id, c.status, c.decision, c.payout_minor, c.revenue_minor,
-        c.network_currency, adv.key AS advertiser_key, aff.key AS affiliate_key
+        c.network_currency, c.offer_id, c.affiliate_id, c.goal, adv.key AS advertiser_key,
+        aff.key AS affiliate_key, off.key AS offer_key
     FROM conversions c
     LEFT JOIN advertisers adv ON adv.id = c.advertiser_id
-    LEFT JOIN affiliates aff ON aff.id = c.affiliate_id";
+    LEFT JOIN affiliates aff ON aff.id = c.affiliate_id
+    LEFT JOIN offers off ON off.id = c.offer_id";
 
 async fn find_existing(
     conn: &mut SqliteConnection,
@@ -283,6 +342,10 @@ async fn find_existing(
                 rejected: row.try_get::<String, _>("decision")? == "rejected",
                 advertiser_key: row.try_get("advertiser_key")?,
                 affiliate_key: row.try_get("affiliate_key")?,
+                offer_id: row.try_get("offer_id")?,
+                affiliate_id: row.try_get("affiliate_id")?,
+                offer_key: row.try_get("offer_key")?,
+                goal: row.try_get("goal")?,
                 payout_minor: row.try_get("payout_minor")?,
                 revenue_minor: row.try_get("revenue_minor")?,
                 network_currency: row.try_get("network_currency")?,
@@ -399,16 +462,24 @@ async fn resolve_existing(
                 );
                 ledger::insert(conn, &lines, now_ms).await?;
             }
+            enqueue::insert(conn, &deliveries_for_change(&e, d, d.status), now_ms).await?;
             Ok(transitioned(&e))
         }
         (Status::Pending, Status::Rejected) | (Status::Pending, Status::Reversed) => {
             set_status(conn, &e.id, d.status, now_ms).await?;
+            enqueue::insert(conn, &deliveries_for_change(&e, d, d.status), now_ms).await?;
             Ok(transitioned(&e))
         }
         (Status::Approved, Status::Reversed) => {
             set_status(conn, &e.id, Status::Reversed, now_ms).await?;
             let lines = ledger::reversal_postings(conn, &e.id).await?;
             ledger::insert(conn, &lines, now_ms).await?;
+            enqueue::insert(
+                conn,
+                &deliveries_for_change(&e, d, Status::Reversed),
+                now_ms,
+            )
+            .await?;
             Ok(transitioned(&e))
         }
         (from, to) => Ok(Receipt {

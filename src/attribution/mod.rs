@@ -96,6 +96,14 @@ pub struct Decision {
     /// For an update without a click ID: the `txn_key`s it may refer to (one per offer of
     /// the advertiser). Such a decision never creates a conversion; it only updates one.
     pub txn_candidates: Vec<String>,
+    /// Outbound endpoints subscribed to this conversion's affiliate, offer, goal and status:
+    /// the writer enqueues a delivery to each if the conversion is recorded as accepted.
+    pub postbacks: Vec<String>,
+    /// The postback rules of the catalog this was judged with. A status change is announced
+    /// to the endpoints these select for the stored row (an update by transaction ID alone
+    /// does not know its affiliate until the row is found).
+    pub postback_rules:
+        std::sync::Arc<std::collections::HashMap<String, crate::outbound::AffiliatePostbacks>>,
 }
 
 impl Decision {
@@ -155,6 +163,8 @@ pub fn evaluate(
         event_key: None,
         raw_request_id: None,
         txn_candidates: Vec::new(),
+        postbacks: Vec::new(),
+        postback_rules: catalog.postbacks.clone(),
     };
 
     let Some(click_text) = postback.click_id.as_deref().filter(|c| !c.is_empty()) else {
@@ -241,6 +251,13 @@ pub fn evaluate(
         );
         return Ok(d);
     };
+    if let Some(rule) = catalog
+        .postbacks
+        .get(&affiliate.key)
+        .and_then(|p| p.select(&offer.key, &goal_name, d.status.as_str()))
+    {
+        d.postbacks.push(rule.endpoint.id.clone());
+    }
     if !goal.allow_repeats {
         d.click_goal_key = Some(format!("{click_text}:{goal_name}"));
     }

@@ -16,7 +16,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -36,6 +36,7 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     pub client_ip_header: Option<Arc<str>>,
     pub max_body_bytes: usize,
+    pub deliveries: crate::delivery::admin::Deliveries,
 }
 
 /// The whole router.
@@ -47,6 +48,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/conversions", get(list_conversions))
         .route("/api/v1/conversions/{id}", get(get_conversion))
         .route("/api/v1/ledger/balances", get(balances))
+        .route("/api/v1/deliveries", get(list_deliveries))
+        .route("/api/v1/deliveries/replay", post(replay_deliveries))
+        .route("/api/v1/endpoints/{endpoint}/resume", post(resume_endpoint))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -347,6 +351,71 @@ async fn list_conversions(
 async fn balances(_: Admin, State(state): State<AppState>) -> Result<Response, ApiError> {
     let balances = state.pipeline.store.balances().await?;
     Ok(Json(serde_json::json!({ "balances": balances })).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeliveryFilter {
+    conversion_id: Option<String>,
+}
+
+async fn list_deliveries(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(filter): Query<DeliveryFilter>,
+) -> Result<Response, ApiError> {
+    let Some(conversion_id) = filter.conversion_id else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ReasonCode::MissingParameter,
+            "filter by conversion_id",
+        ));
+    };
+    let list = state.deliveries.of_conversion(&conversion_id).await?;
+    Ok(Json(serde_json::json!({ "deliveries": list })).into_response())
+}
+
+async fn replay_deliveries(
+    _: Admin,
+    State(state): State<AppState>,
+    body: Result<
+        Json<crate::delivery::admin::ReplayFilter>,
+        axum::extract::rejection::JsonRejection,
+    >,
+) -> Result<Response, ApiError> {
+    let Json(filter) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ReasonCode::InvalidParameter,
+            e.body_text(),
+        )
+    })?;
+    if filter.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ReasonCode::MissingParameter,
+            "give an id, or at least one of affiliate, offer, since, until",
+        ));
+    }
+    let ids = state.deliveries.select(&filter).await?;
+    if ids.is_empty() && filter.id.is_some() {
+        return Err(ApiError::not_found(
+            "no such delivery, or it is still pending on its schedule",
+        ));
+    }
+    let replayed = state.deliveries.replay(&ids, |_| {}).await?;
+    Ok(Json(serde_json::json!({ "matched": ids.len(), "replayed": replayed })).into_response())
+}
+
+async fn resume_endpoint(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(endpoint): Path<String>,
+) -> Result<Response, ApiError> {
+    let (was_paused, replayed) = state.deliveries.resume_endpoint(&endpoint).await?;
+    Ok(Json(
+        serde_json::json!({ "endpoint": endpoint, "was_paused": was_paused, "replayed": replayed }),
+    )
+    .into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -71,6 +71,8 @@ pub struct Catalog {
     affiliate_by_key: HashMap<String, i64>,
     offers: HashMap<i64, Offer>,
     offer_by_key: HashMap<String, i64>,
+    /// Affiliate key → outbound postback rules (from the configuration, set at start-up).
+    pub postbacks: std::sync::Arc<HashMap<String, crate::outbound::AffiliatePostbacks>>,
 }
 
 impl Catalog {
@@ -364,6 +366,7 @@ pub async fn load(
         affiliate_by_key,
         offers,
         offer_by_key,
+        postbacks: Default::default(),
     })
 }
 

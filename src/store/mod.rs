@@ -105,6 +105,7 @@ pub async fn open(url: &str) -> Result<Opened, StoreError> {
     sqlx::migrate!("./migrations/sqlite")
         .run(&mut writer)
         .await?;
+    apalis_schema(&mut writer).await?;
     let checkpointer = options.clone().connect().await?;
     let read = SqlitePoolOptions::new()
         .max_connections(4)
@@ -116,6 +117,58 @@ pub async fn open(url: &str) -> Result<Opened, StoreError> {
         read,
         checkpointer,
     })
+}
+
+/// apalis' tables (`Jobs`, `Workers`) in the same file, so the writer can enqueue a
+/// conversion's deliveries in the conversion's own transaction.
+///
+/// Only apalis' migrator runs, never `SqliteStorage::setup`: that sets `synchronous=OFF` on
+/// whatever connection it gets. Its migrations keep their own bookkeeping table — sharing
+/// `_sqlx_migrations` would make ours fail with `VersionMissing`. The name must never change.
+///
+/// Then the planner gets statistics saying `lock_by` is unselective: without them apalis'
+/// lock and ack statements scan every pending or finished job, and a backlog of 100 k drains
+/// at under 100 jobs/s instead of thousands (measured in the pg-outbound research crate).
+async fn apalis_schema(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let mut migrator = apalis_sqlite::SqliteStorage::<()>::migrations();
+    migrator.dangerous_set_table_name("_apalis_migrations");
+    migrator.run(&mut *conn).await?;
+    sqlx::query("ANALYZE Jobs").execute(&mut *conn).await?;
+    // Connections opened after this (readers, the worker's pool) load these statistics.
+    sqlx::query(
+        "DELETE FROM sqlite_stat1 WHERE tbl = 'Jobs' AND idx = 'LIdx';
+         INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('Jobs', 'LIdx', '1000000 500000');",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("ANALYZE sqlite_schema")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// A small writable pool (admin actions on deliveries, the CLI). Its writes are short
+/// transactions that wait for the group-commit writer via busy_timeout; `synchronous=FULL`.
+pub async fn worker_pool(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(connect_options(url)?)
+        .await?)
+}
+
+/// The delivery worker's pool: like [`worker_pool`] but with `synchronous=NORMAL`, which
+/// saves the fsync of each attempt record and apalis ack (about half the worker's cost).
+///
+/// Safe because nothing the worker writes is acknowledged to anyone and every loss is
+/// recoverable: in WAL mode a power loss drops only a suffix of commits, so a lost attempt
+/// record loses its job's ack too and the job re-runs (one more HTTP attempt; receivers
+/// dedupe on the stable webhook-id), and a lost retry loses the ack of the attempt that
+/// pushed it. The jobs themselves were committed with FULL by the writer.
+pub async fn delivery_pool(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(connect_options(url)?.synchronous(SqliteSynchronous::Normal))
+        .await?)
 }
 
 /// Copies committed WAL frames into the database file every `every`, off the writer's path.

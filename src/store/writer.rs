@@ -263,11 +263,18 @@ async fn commit_fast(
         .iter()
         .flat_map(|d| apply::postings_for_new(d))
         .collect();
+    let deliveries: Vec<_> = fresh
+        .iter()
+        .flat_map(|d| apply::deliveries_for_new(d))
+        .collect();
 
     let mut qb = QueryBuilder::new("BEGIN IMMEDIATE;\n");
     push_insert_raw(&mut qb, &batch.raws, &batch.failures, now_ms);
     apply::push_insert_conversions(&mut qb, &fresh, now_ms, true)?;
     crate::ledger::push_insert(&mut qb, &postings, now_ms, true);
+    // Deliveries and their first jobs, only for conversions that landed: a committed
+    // conversion always has its postbacks queued, a skipped one never does.
+    crate::outbound::enqueue::push_insert(&mut qb, &deliveries, now_ms);
     push_insert_clicks(&mut qb, clicks);
     qb.push("COMMIT;");
     // `rows_affected` would not do: SQLite's changes() is not reset by BEGIN or COMMIT, so
@@ -325,7 +332,10 @@ async fn commit(
     clicks: &[ClickRow],
 ) -> Result<Vec<Receipt>, StoreError> {
     let now = Utc::now();
-    let mut tx = conn.begin().await?;
+    // IMMEDIATE: this transaction reads before it writes, and the delivery worker writes
+    // to the same file. A deferred one would fail at once with "database is locked" when
+    // its read snapshot went stale, instead of waiting (busy_timeout) for the write lock.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     if !batch.raws.is_empty() || !batch.failures.is_empty() {
         let mut qb = QueryBuilder::new("");
         push_insert_raw(

@@ -1,0 +1,160 @@
+//! Enqueueing deliveries inside the transaction that records the conversion.
+//!
+//! Contract
+//! - Input: [`NewDelivery`] rows (built by `attribution::apply` from a `Decision`'s
+//!   subscribed endpoints) and an open transaction or a query being built.
+//! - Output: SQL statements that insert each delivery row and the apalis job of its first
+//!   attempt, both only if the conversion row exists — so they can ride in the writer's single
+//!   round trip beside conversion inserts that may be skipped as duplicates (like postings).
+//! - Errors: only the database's. Side effects: rows in `deliveries` and apalis' `Jobs`.
+//!
+//! The `Jobs` insert mirrors apalis-sqlite 1.0's `push_tasks` (`queries/task/sink.sql`):
+//! JSON args, a ULID id, `job_type` = [`QUEUE`], `Pending`, unix-seconds `run_at`, metadata
+//! `{}` and an idempotency key. Plain SQL lets one statement cover a whole batch.
+
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::job::{DeliveryJob, INFRA_ATTEMPTS, QUEUE};
+use crate::store::StoreError;
+
+/// A delivery to create: one endpoint told about one conversion status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub id: String,
+    pub conversion_id: String,
+    pub endpoint: String,
+    pub affiliate_id: Option<i64>,
+    pub offer_id: Option<i64>,
+    pub status: &'static str,
+}
+
+impl NewDelivery {
+    pub fn new(
+        conversion_id: &str,
+        endpoint: &str,
+        affiliate_id: Option<i64>,
+        offer_id: Option<i64>,
+        status: &'static str,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            conversion_id: conversion_id.to_owned(),
+            endpoint: endpoint.to_owned(),
+            affiliate_id,
+            offer_id,
+            status,
+        }
+    }
+}
+
+/// Rows per statement (8 binds a delivery, 5 a job).
+const CHUNK: usize = 1000;
+
+/// Appends the delivery and first-attempt job inserts, each statement ending in `;`.
+pub fn push_insert(qb: &mut QueryBuilder<Sqlite>, rows: &[NewDelivery], now_ms: i64) {
+    for chunk in rows.chunks(CHUNK) {
+        qb.push(
+            "INSERT INTO deliveries (id, conversion_id, endpoint, affiliate_id, offer_id, status,
+                state, series, attempts, series_started_at, next_attempt_at, created_at, updated_at)
+             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, 'pending',
+                1, 0, v.column7, v.column7, v.column8, v.column8 FROM (",
+        );
+        qb.push_values(chunk, |mut b, d| {
+            b.push_bind(d.id.clone())
+                .push_bind(d.conversion_id.clone())
+                .push_bind(d.endpoint.clone())
+                .push_bind(d.affiliate_id)
+                .push_bind(d.offer_id)
+                .push_bind(d.status)
+                .push_bind(now_ms)
+                .push_bind(now_ms);
+        });
+        qb.push(") AS v WHERE EXISTS (SELECT 1 FROM conversions c WHERE c.id = v.column2);\n");
+        push_jobs(
+            qb,
+            chunk
+                .iter()
+                .map(|d| (DeliveryJob::first(&d.id, 1), now_ms / 1000)),
+        );
+    }
+}
+
+/// Appends one `INSERT INTO Jobs` for `jobs` (job, run_at unix seconds); a job is written
+/// only if its delivery row exists.
+pub fn push_jobs(qb: &mut QueryBuilder<Sqlite>, jobs: impl Iterator<Item = (DeliveryJob, i64)>) {
+    let jobs: Vec<(DeliveryJob, i64, String)> = jobs
+        .map(|(job, at)| {
+            let key = job.idempotency_key();
+            (job, at, key)
+        })
+        .collect();
+    push_keyed(qb, &jobs);
+}
+
+fn push_keyed(qb: &mut QueryBuilder<Sqlite>, jobs: &[(DeliveryJob, i64, String)]) {
+    if jobs.is_empty() {
+        return;
+    }
+    qb.push(
+        "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, last_result,
+            lock_at, lock_by, done_at, priority, metadata, idempotency_key)
+         SELECT v.column1, v.column2, ",
+    );
+    qb.push_bind(QUEUE);
+    qb.push(", 'Pending', 0, ");
+    qb.push_bind(INFRA_ATTEMPTS);
+    qb.push(", v.column3, NULL, NULL, NULL, NULL, 0, '{}', v.column4 FROM (");
+    qb.push_values(jobs, |mut b, (job, run_at, key)| {
+        b.push_bind(job.encode())
+            .push_bind(ulid::Ulid::generate().to_string())
+            .push_bind(*run_at)
+            .push_bind(key.clone())
+            .push_bind(job.delivery_id.clone());
+    });
+    // The WHERE clause also keeps SQLite from reading ON CONFLICT as a join constraint.
+    qb.push(
+        ") AS v WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = v.column5)
+         ON CONFLICT (job_type, idempotency_key) DO NOTHING;\n",
+    );
+}
+
+/// Inserts deliveries and their first jobs on `conn` (inside the caller's transaction).
+pub async fn insert(
+    conn: &mut SqliteConnection,
+    rows: &[NewDelivery],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut qb = QueryBuilder::new("");
+    push_insert(&mut qb, rows, now_ms);
+    qb.build().persistent(false).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Pushes one job (a retry or a replay's first attempt) on `conn`.
+pub async fn push_job(
+    conn: &mut SqliteConnection,
+    job: DeliveryJob,
+    run_at_unix: i64,
+) -> Result<(), StoreError> {
+    let mut qb = QueryBuilder::new("");
+    push_jobs(&mut qb, std::iter::once((job, run_at_unix)));
+    qb.build().persistent(false).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Pushes one job under an explicit idempotency key (an attempt put back while its endpoint
+/// was at its concurrency cap, or a replay's first attempt).
+pub async fn push_job_keyed(
+    conn: &mut SqliteConnection,
+    job: DeliveryJob,
+    run_at_unix: i64,
+    key: String,
+) -> Result<(), StoreError> {
+    let mut qb = QueryBuilder::new("");
+    push_keyed(&mut qb, &[(job, run_at_unix, key)]);
+    qb.build().persistent(false).execute(&mut *conn).await?;
+    Ok(())
+}
