@@ -1,6 +1,7 @@
 //! Integration tests of outbound postbacks: the SSRF-safe client against local receivers,
 //! the Standard Webhooks vectors, and the real gateway delivering to a recording affiliate.
 
+mod crash;
 mod delivery_client;
 mod gateway;
 mod harness;
