@@ -76,9 +76,6 @@ pub struct Ingest {
 #[error("the write could not be committed")]
 pub struct WriteFailed;
 
-/// How many times the writer yields to let in-flight handlers join a batch.
-const LINGER_YIELDS: usize = 4;
-
 enum Command {
     Ingest {
         work: Box<Ingest>,
@@ -138,26 +135,24 @@ pub fn spawn(
     max_batch: usize,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(max_batch * 64);
-    let task = tokio::spawn(run(conn, rx, max_batch));
+    // The writer gets a thread and a runtime of its own: it is the one serialization point,
+    // and on the shared runtime it waited behind bursts of request handlers before answering
+    // a committed batch and starting the next one (the latency tail).
+    let task = tokio::task::spawn_blocking(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(run(conn, rx, max_batch)),
+            Err(e) => tracing::error!(error = %e, "Writer runtime could not start."),
+        }
+    });
     (WriterHandle { tx }, task)
 }
 
 async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
     let mut buffer = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut buffer, max_batch).await > 0 {
-        // Linger briefly: handlers that are parsing and evaluating right now get to join this
-        // batch instead of waiting a whole commit for the next. Costs microseconds when idle.
-        for _ in 0..LINGER_YIELDS {
-            if buffer.len() >= max_batch {
-                break;
-            }
-            tokio::task::yield_now().await;
-            while buffer.len() < max_batch
-                && let Ok(command) = rx.try_recv()
-            {
-                buffer.push(command);
-            }
-        }
         let mut works = Vec::new();
         let mut replies = Vec::new();
         let mut clicks = Vec::new();
