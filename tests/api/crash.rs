@@ -1,37 +1,21 @@
 //! `kill -9` right after a 2xx loses nothing: the real binary, killed without warning.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use crate::helpers::{ACME_TOKEN, CLICK_KEY_B64, TEST_CONFIG, key_ring};
 
-/// Starts `postgate serve` on `db`; returns the child and its port (from its log line).
-fn start(config: &std::path::Path, db: &std::path::Path) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postgate"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("TEST_DB", db)
-        .env("RUST_LOG", "info")
-        .env("SHOPIFY_WEBHOOK_SECRET", "test-shopify-secret-0123456789")
-        .env("SALESFORCE_TOKEN", "sf-token-0123456789abcdef")
-        .env("SALESFORCE_ORG_ID", "0123456789ABCDENNN")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn postgate");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("postgate exited before listening")
-            .expect("read");
-        if let Some(rest) = line.split("port=").nth(1) {
-            break rest.trim().parse().expect("port");
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, port)
+/// Starts `postgate serve` on `db`; returns the child and its port.
+fn start(config: &std::path::Path, db: &std::path::Path) -> (std::process::Child, String) {
+    crate::support::start_binary(
+        config,
+        [
+            ("TEST_DB", db.as_os_str()),
+            (
+                "SHOPIFY_WEBHOOK_SECRET",
+                "test-shopify-secret-0123456789".as_ref(),
+            ),
+            ("SALESFORCE_TOKEN", "sf-token-0123456789abcdef".as_ref()),
+            ("SALESFORCE_ORG_ID", "0123456789ABCDENNN".as_ref()),
+        ],
+    )
 }
 
 #[tokio::test]
@@ -42,9 +26,8 @@ async fn acknowledged_conversions_survive_kill_minus_nine() {
     let db = dir.path().join("crash.db");
     assert!(TEST_CONFIG.contains(CLICK_KEY_B64));
 
-    let (mut child, port) = start(&config, &db);
+    let (mut child, base) = start(&config, &db);
     let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
     let clicked = chrono::Utc::now() - chrono::Duration::minutes(1);
     let mut acknowledged = Vec::new();
     let mut sends = Vec::new();
@@ -71,8 +54,7 @@ async fn acknowledged_conversions_survive_kill_minus_nine() {
     child.wait().expect("reaped");
     assert_eq!(acknowledged.len(), 200, "all answered before the kill");
 
-    let (mut child, port) = start(&config, &db);
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = start(&config, &db);
     for id in &acknowledged {
         let resp = client
             .get(format!("{base}/api/v1/conversions/{id}"))

@@ -4,10 +4,8 @@ use std::path::Path;
 
 use postgate::config::Settings;
 use postgate::domain::ClickKeyRing;
-use postgate::startup::Application;
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const ACME_TOKEN: &str = "acme-secret-token";
@@ -133,13 +131,7 @@ payout = { fixed = "1.00" }
 revenue = { fixed = "2.00" }
 "#;
 
-pub struct TestApp {
-    pub address: String,
-    pub client: reqwest::Client,
-    pub dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
+pub use crate::support::TestApp;
 
 pub async fn spawn_app() -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -148,32 +140,8 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the gateway on the database in `dir` (which may already hold data).
 pub async fn spawn_in(dir: tempfile::TempDir) -> TestApp {
-    if std::env::var_os("TEST_LOG").is_some() {
-        postgate::telemetry::init();
-    }
-    let db = dir.path().join("postgate.db");
-    let settings = settings_for(&db);
-    let app = Application::build(&settings).await.expect("app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        app.run_until(async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("server runs");
-    });
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    TestApp {
-        address,
-        client,
-        dir,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    let settings = settings_for(&dir.path().join("postgate.db"));
+    crate::support::spawn_with(dir, settings).await
 }
 
 pub const SHOPIFY_SECRET: &str = "test-shopify-secret-0123456789";
@@ -210,17 +178,6 @@ pub fn key_ring() -> ClickKeyRing {
 }
 
 impl TestApp {
-    /// Stops the server gracefully; returns the database directory for a restart.
-    pub async fn stop(mut self) -> tempfile::TempDir {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("server task");
-        }
-        self.dir
-    }
-
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.address))

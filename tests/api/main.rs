@@ -7,3 +7,5 @@ mod helpers;
 mod hooks;
 mod ledger;
 mod requests;
+#[path = "../support/mod.rs"]
+mod support;

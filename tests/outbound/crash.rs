@@ -1,39 +1,24 @@
 //! A delivery in flight when the gateway is `kill -9`ed is sent again after the restart:
 //! at-least-once, with the in-flight one as the only possible duplicate.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::harness::{ACME_TOKEN, ADMIN_TOKEN, CONFIG, Receiver, SHOPIFY_SECRET};
 
-/// Starts the real binary on `db`; returns it and its base URL (port from its log line).
+/// Starts the real binary on `db`, delivering to `receiver`.
 fn start(config: &Path, db: &Path, receiver: &Receiver) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postgate"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("TEST_DB", db)
-        .env("RECEIVER", &receiver.base)
-        .env("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn postgate");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let port: u16 = loop {
-        let line = lines
-            .next()
-            .expect("postgate exited before listening")
-            .expect("read");
-        if let Some(rest) = line.split("Listening. port=").nth(1) {
-            break rest.trim().parse().expect("port");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://127.0.0.1:{port}"))
+    crate::support::start_binary(
+        config,
+        [
+            ("TEST_DB", db.as_os_str()),
+            ("RECEIVER", receiver.base.as_ref()),
+            ("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET.as_ref()),
+        ],
+    )
 }
 
 async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {

@@ -13,9 +13,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use postgate::config::Settings;
-use postgate::startup::Application;
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const ACME_TOKEN: &str = "acme-secret-token";
@@ -249,13 +247,7 @@ impl Receiver {
     }
 }
 
-pub struct TestApp {
-    pub address: String,
-    pub client: reqwest::Client,
-    pub dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
+pub use crate::support::{TestApp, spawn_with};
 
 pub const SHOPIFY_SECRET: &str = "test-shopify-secret-0123456789";
 
@@ -303,46 +295,7 @@ pub async fn spawn_app_with_schedule(receiver: &Receiver, secs: &[u64]) -> TestA
     spawn_with(dir, settings).await
 }
 
-/// The gateway on the database in `dir` with `settings`.
-pub async fn spawn_with(dir: tempfile::TempDir, settings: Settings) -> TestApp {
-    if std::env::var_os("TEST_LOG").is_some() {
-        postgate::telemetry::init();
-    }
-    let app = Application::build(&settings).await.expect("app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        app.run_until(async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("server runs");
-    });
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    TestApp {
-        address,
-        client,
-        dir,
-        stop: Some(stop),
-        task: Some(task),
-    }
-}
-
 impl TestApp {
-    /// Stops gracefully (worker included); returns the database directory for a restart.
-    pub async fn stop(mut self) -> tempfile::TempDir {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("server task");
-        }
-        self.dir
-    }
-
     /// Clicks offer `shoes` as `aff`; returns the click ID.
     pub async fn click(&self, aff: &str) -> String {
         let resp = self

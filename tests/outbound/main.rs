@@ -6,3 +6,5 @@ mod delivery_client;
 mod gateway;
 mod harness;
 mod standard_webhooks_vectors;
+#[path = "../support/mod.rs"]
+mod support;
