@@ -31,11 +31,11 @@ const INSERT_CHUNK: usize = 500;
 /// Applies `decisions` in order; see the module docs.
 pub async fn apply_batch(
     conn: &mut SqliteConnection,
-    decisions: &[Decision],
+    decisions: &[&Decision],
     now: DateTime<Utc>,
 ) -> Result<Vec<Receipt>, StoreError> {
     let now_ms = now.timestamp_millis();
-    let fresh: Vec<&Decision> = decisions.iter().filter(|d| is_fresh(d)).collect();
+    let fresh: Vec<&Decision> = decisions.iter().copied().filter(|d| is_fresh(d)).collect();
     let inserted = insert_new(conn, &fresh, now_ms).await?;
 
     let mut receipts = Vec::with_capacity(decisions.len());

@@ -229,7 +229,7 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>, max_ba
 struct Batch<'a> {
     raws: Vec<&'a RawRecord>,
     failures: Vec<&'a FailureRecord>,
-    decisions: Vec<Decision>,
+    decisions: Vec<&'a Decision>,
 }
 
 impl<'a> Batch<'a> {
@@ -237,10 +237,7 @@ impl<'a> Batch<'a> {
         Batch {
             raws: works.iter().filter_map(|w| w.raw.as_ref()).collect(),
             failures: works.iter().flat_map(|w| &w.failures).collect(),
-            decisions: works
-                .iter()
-                .flat_map(|w| w.decisions.iter().cloned())
-                .collect(),
+            decisions: works.iter().flat_map(|w| w.decisions.iter()).collect(),
         }
     }
 }
@@ -253,7 +250,11 @@ async fn commit_fast(
     let now = Utc::now();
     let now_ms = now.timestamp_millis();
     let decisions = &batch.decisions;
-    let fresh: Vec<&Decision> = decisions.iter().filter(|d| apply::is_fresh(d)).collect();
+    let fresh: Vec<&Decision> = decisions
+        .iter()
+        .copied()
+        .filter(|d| apply::is_fresh(d))
+        .collect();
     let postings: Vec<_> = fresh
         .iter()
         .flat_map(|d| apply::postings_for_new(d))
@@ -298,7 +299,7 @@ async fn commit_fast(
                 .is_none_or(|ids| ids.contains(d.conversion_id.as_str()))
     };
 
-    let rest: Vec<Decision> = decisions.iter().filter(|d| !is_done(d)).cloned().collect();
+    let rest: Vec<&Decision> = decisions.iter().copied().filter(|d| !is_done(d)).collect();
     let mut rest_receipts = if rest.is_empty() {
         Vec::new()
     } else {
