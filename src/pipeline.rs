@@ -70,11 +70,8 @@ impl HookError {
     pub fn code(&self) -> ReasonCode {
         match self {
             Self::UnknownConnector(_) => ReasonCode::UnknownConnector,
-            Self::Verify(e) => match e.code() {
-                "body_too_large" => ReasonCode::PayloadTooLarge,
-                other => ReasonCode::from_name(other).unwrap_or(ReasonCode::BadSignature),
-            },
-            Self::Decode(e) => ReasonCode::from_name(e.code()).unwrap_or(ReasonCode::MalformedBody),
+            Self::Verify(e) => e.code(),
+            Self::Decode(e) => e.code(),
             Self::Store(_) => ReasonCode::StorageUnavailable,
         }
     }
@@ -297,10 +294,7 @@ impl Pipeline {
                             }
                         }
                     }
-                    Err(e) => failures.push(Reason::new(
-                        ReasonCode::from_name(e.code()).unwrap_or(ReasonCode::UnmappedEvent),
-                        e.to_string(),
-                    )),
+                    Err(e) => failures.push(Reason::new(e.code(), e.to_string())),
                 }
                 for reason in &failures {
                     work.failures.push(FailureRecord {

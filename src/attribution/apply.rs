@@ -66,20 +66,15 @@ pub fn deliveries_for_new(d: &Decision) -> Vec<NewDelivery> {
     if d.is_rejected() {
         return Vec::new();
     }
-    deliveries_for(&d.conversion_id, d, d.status)
-}
-
-/// One delivery per endpoint the decision subscribes, announcing `status` of `conversion_id`.
-fn deliveries_for(conversion_id: &str, d: &Decision, status: Status) -> Vec<NewDelivery> {
     d.postbacks
         .iter()
         .map(|endpoint| {
             NewDelivery::new(
-                conversion_id,
+                &d.conversion_id,
                 endpoint,
                 d.affiliate_id,
                 d.offer_id,
-                status.as_str(),
+                d.status.as_str(),
             )
         })
         .collect()

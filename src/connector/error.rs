@@ -1,6 +1,7 @@
 //! Error types of the connector stage: one enum per stage, each with a stable snake_case
 //! `code()` for callers; the `Display` text (and `#[source]` chain) is for operators' logs.
 
+use crate::domain::ReasonCode;
 use std::path::{Path, PathBuf};
 
 /// A definition file (connector or mapping) that cannot be compiled. Displayed as
@@ -36,10 +37,6 @@ impl ConfigError {
 
     pub fn from_toml(file: &Path, text: &str, err: &toml::de::Error) -> Self {
         ConfigError::at_span(file, text, err.span(), err.message().trim_end().to_string())
-    }
-
-    pub fn code(&self) -> &'static str {
-        "invalid_config"
     }
 }
 
@@ -82,18 +79,19 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
-    pub fn code(&self) -> &'static str {
+    /// The stable reason code callers see.
+    pub fn code(&self) -> ReasonCode {
         match self {
-            VerifyError::MissingSignature(_) => "missing_signature",
-            VerifyError::BadSignature { .. } => "bad_signature",
-            VerifyError::BadTimestamp(_) => "bad_timestamp",
-            VerifyError::StaleTimestamp { .. } => "stale_timestamp",
-            VerifyError::MissingToken(_) => "missing_token",
-            VerifyError::BadToken => "bad_token",
-            VerifyError::OrgNotAllowed { .. } => "org_not_allowed",
-            VerifyError::IpNotAllowed(_) => "ip_not_allowed",
-            VerifyError::BodyTooLarge { .. } => "body_too_large",
-            VerifyError::MalformedBody { .. } => "malformed_body",
+            VerifyError::MissingSignature(_) => ReasonCode::MissingSignature,
+            VerifyError::BadSignature { .. } => ReasonCode::BadSignature,
+            VerifyError::BadTimestamp(_) => ReasonCode::BadTimestamp,
+            VerifyError::StaleTimestamp { .. } => ReasonCode::StaleTimestamp,
+            VerifyError::MissingToken(_) => ReasonCode::MissingToken,
+            VerifyError::BadToken => ReasonCode::BadToken,
+            VerifyError::OrgNotAllowed { .. } => ReasonCode::OrgNotAllowed,
+            VerifyError::IpNotAllowed(_) => ReasonCode::IpNotAllowed,
+            VerifyError::BodyTooLarge { .. } => ReasonCode::PayloadTooLarge,
+            VerifyError::MalformedBody { .. } => ReasonCode::MalformedBody,
         }
     }
 }
@@ -110,11 +108,12 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    pub fn code(&self) -> &'static str {
+    /// The stable reason code callers see.
+    pub fn code(&self) -> ReasonCode {
         match self {
-            DecodeError::TooManyEvents { .. } => "too_many_events",
-            DecodeError::MissingEventType { .. } => "missing_event_type",
-            DecodeError::MissingEventId { .. } => "missing_event_id",
+            DecodeError::TooManyEvents { .. } => ReasonCode::TooManyEvents,
+            DecodeError::MissingEventType { .. } => ReasonCode::MissingEventType,
+            DecodeError::MissingEventId { .. } => ReasonCode::MissingEventId,
         }
     }
 }

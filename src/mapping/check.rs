@@ -19,7 +19,7 @@ use super::{MapError, MappingSet};
 use crate::connector::{
     self, ConfigError, Connector, DecodeError, LoadOptions, RawRequest, VerifyError,
 };
-use crate::domain::CanonicalPostback;
+use crate::domain::{CanonicalPostback, ReasonCode};
 
 /// Any stage of an offline run failing.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ pub enum DryRunError {
 }
 
 impl DryRunError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ReasonCode {
         match self {
             DryRunError::Verify(e) => e.code(),
             DryRunError::Decode(e) => e.code(),
@@ -183,7 +183,7 @@ fn run_case(
         Bytes::from(body),
     );
     match (&t.expect_error, got) {
-        (Some(code), Err(e)) if e.code() == code => Ok(()),
+        (Some(code), Err(e)) if e.code().as_str() == code => Ok(()),
         (Some(code), Err(e)) => Err(format!(
             "test `{label}`: expected error `{code}`, got `{}`: {e}",
             e.code()

@@ -28,7 +28,7 @@ use toml::Spanned;
 
 use crate::connector::path::{CompiledPath, scalar_text, type_name};
 use crate::connector::{ConfigError, VerifiedEvent};
-use crate::domain::{CanonicalPostback, Status};
+use crate::domain::{CanonicalPostback, ReasonCode, Status};
 use spec::{FieldFile, MappingFile, Meta, TestFile, TransformFile};
 pub use transform::minor_unit_exponent;
 use transform::{Ctx, Transform};
@@ -69,12 +69,13 @@ pub enum MapError {
 }
 
 impl MapError {
-    pub fn code(&self) -> &'static str {
+    /// The stable reason code callers see.
+    pub fn code(&self) -> ReasonCode {
         match self {
-            MapError::UnmappedEvent { .. } => "unmapped_event",
-            MapError::MissingField { .. } => "missing_field",
-            MapError::WrongType { .. } => "wrong_type",
-            MapError::BadValue { .. } => "bad_value",
+            MapError::UnmappedEvent { .. } => ReasonCode::UnmappedEvent,
+            MapError::MissingField { .. } => ReasonCode::MissingField,
+            MapError::WrongType { .. } => ReasonCode::WrongType,
+            MapError::BadValue { .. } => ReasonCode::BadValue,
         }
     }
 }

@@ -84,6 +84,6 @@ pub fn req(
 pub fn code<T: std::fmt::Debug>(r: Result<T, postgate::connector::VerifyError>) -> &'static str {
     match r {
         Ok(_) => "ok",
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     }
 }
