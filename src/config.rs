@@ -584,10 +584,10 @@ fn validate(
     let database_url = env("POSTGATE_DATABASE_URL")
         .or(raw.server.database_url)
         .unwrap_or_else(|| "sqlite://data/postgate.db".to_owned());
-    if !database_url.starts_with("sqlite:") {
+    if crate::store::backend_of(&database_url).is_err() {
         return Err(invalid(
             "server.database_url".into(),
-            format!("{database_url:?}: only sqlite: URLs are supported by this build"),
+            format!("{database_url:?}: use sqlite:<path> (embedded) or postgres://user@host/db"),
         ));
     }
     let admin_token = env("POSTGATE_ADMIN_TOKEN")

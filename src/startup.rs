@@ -12,11 +12,13 @@ use std::collections::HashMap;
 
 use crate::config::Settings;
 use crate::connector::{Connector, LoadOptions};
+use crate::domain::ClickKeyRing;
 use crate::http::{AppState, router};
 use crate::mapping::MappingSet;
 use crate::pipeline::Pipeline;
 use crate::pipeline::{Hook, Hooks};
-use crate::store::{self, Store, StoreError, catalog, writer};
+use crate::store::catalog::Catalog;
+use crate::store::{self, Conn, Db, Store, StoreError, catalog, writer};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,34 +43,35 @@ pub struct Application {
     port: u16,
     state: AppState,
     writer_task: tokio::task::JoinHandle<()>,
-    checkpoint_task: tokio::task::JoinHandle<()>,
+    checkpoint_task: Option<tokio::task::JoinHandle<()>>,
     worker: Option<crate::delivery::worker::RunningWorker>,
 }
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let store::Opened {
-            writer: mut conn,
+            writer: mut target,
             read,
             checkpointer,
         } = store::open(&settings.server.database_url).await?;
-        catalog::upsert_from_settings(&mut conn, settings).await?;
-        let keys = store::click_keys(&mut conn, settings).await?;
-        let mut snapshot = catalog::load(
-            &mut conn,
-            settings.network_currency,
-            settings.fx_rates.clone(),
-        )
-        .await?;
+        let (keys, mut snapshot) = match &mut target {
+            Db::Sqlite(conn) => prepare(&mut Conn::from(conn), settings).await?,
+            Db::Postgres(pool) => {
+                let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+                prepare(&mut Conn::from(&mut *conn), settings).await?
+            }
+        };
         snapshot.postbacks = Arc::new(settings.outbound.postbacks.clone());
         let hooks = load_hooks(settings, &snapshot)?;
-        let (writer, writer_task) = writer::spawn(conn, settings.writer.max_batch);
-        let checkpoint_task = tokio::spawn(store::checkpoint_loop(
-            checkpointer,
-            std::time::Duration::from_secs(1),
-        ));
+        let (writer, writer_task) = writer::spawn(target, settings.writer.max_batch);
+        let checkpoint_task = checkpointer.map(|conn| {
+            tokio::spawn(store::sqlite::checkpoint_loop(
+                conn,
+                std::time::Duration::from_secs(1),
+            ))
+        });
 
-        // The delivery worker shares the database file; apalis' tables were created by
+        // The delivery worker shares the database; apalis' tables were created by
         // `store::open`, so the writer can enqueue before the worker runs.
         let outbound_pool = store::worker_pool(&settings.server.database_url, 2).await?;
         let worker = if settings.outbound.worker {
@@ -131,16 +134,27 @@ impl Application {
         if let Some(worker) = self.worker {
             worker.stop().await;
         }
-        self.checkpoint_task.abort();
+        if let Some(task) = self.checkpoint_task {
+            task.abort();
+        }
         Ok(())
     }
 }
 
-/// Compiles the enabled connectors and every mapping; any error stops start-up.
-pub fn load_hooks(
+/// Writes the configured catalog, then reads it back with the click-ID keys.
+async fn prepare(
+    conn: &mut Conn<'_>,
     settings: &Settings,
-    catalog: &crate::store::catalog::Catalog,
-) -> Result<Hooks, StartupError> {
+) -> Result<(ClickKeyRing, Catalog), StoreError> {
+    catalog::upsert_from_settings(conn, settings).await?;
+    let keys = store::click_keys(conn, settings).await?;
+    let snapshot =
+        catalog::load(conn, settings.network_currency, settings.fx_rates.clone()).await?;
+    Ok((keys, snapshot))
+}
+
+/// Compiles the enabled connectors and every mapping; any error stops start-up.
+pub fn load_hooks(settings: &Settings, catalog: &Catalog) -> Result<Hooks, StartupError> {
     if settings.hooks.enabled.is_empty() {
         return Ok(Hooks::default());
     }

@@ -16,21 +16,21 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{Decision, TIME_RULES};
 use crate::domain::{Reason, ReasonCode, Receipt, Status, Verdict};
 use crate::ledger::{self, Posting};
 use crate::outbound::NewDelivery;
 use crate::outbound::enqueue;
-use crate::store::StoreError;
+use crate::store::{Builder, Conn, Db, StoreError};
 
-/// Rows per multi-row insert (28 binds each, well under SQLite's 32 766).
+/// Rows per multi-row insert (28 binds each, well under SQLite's 32 766 and PostgreSQL's
+/// 65 535).
 const INSERT_CHUNK: usize = 500;
 
 /// Applies `decisions` in order; see the module docs.
 pub async fn apply_batch(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     decisions: &[&Decision],
     now: DateTime<Utc>,
 ) -> Result<Vec<Receipt>, StoreError> {
@@ -149,7 +149,7 @@ pub fn own_receipt(d: &Decision) -> Receipt {
 /// dedupe key is skipped, not an error. With `report_changes`, each INSERT is followed by
 /// `SELECT changes()`, a row with the number of conversions it inserted.
 pub fn push_insert_conversions(
-    qb: &mut QueryBuilder<Sqlite>,
+    qb: &mut Builder,
     decisions: &[&Decision],
     now_ms: i64,
     report_changes: bool,
@@ -163,101 +163,101 @@ pub fn push_insert_conversions(
                 serde_json::to_string(&d.attributes)?,
             ));
         }
-        qb.push(
-            "INSERT INTO conversions (id, created_at, updated_at, source, source_event_id,
-                advertiser_id, offer_id, affiliate_id, goal, click_id, clicked_at, transaction_id,
-                status, decision, reasons, amount_minor, currency, fx_rate, network_currency,
-                network_amount_minor, payout_minor, revenue_minor, occurred_at, attributes,
-                txn_key, click_goal_key, event_key, raw_request_id) ",
-        );
-        qb.push_values(
-            chunk.iter().zip(encoded),
-            |mut b, (d, (reasons, attributes))| {
-                let status = if d.is_rejected() {
-                    Status::Rejected
-                } else {
-                    d.status
-                };
-                let a = d.amounts;
-                let keys = d.holds_dedupe_keys();
-                b.push_bind(d.conversion_id.clone())
-                    .push_bind(now_ms)
-                    .push_bind(now_ms)
-                    .push_bind(d.source.clone())
-                    .push_bind(d.source_event_id.clone())
-                    .push_bind(d.advertiser_id)
-                    .push_bind(d.offer_id)
-                    .push_bind(d.affiliate_id)
-                    .push_bind(d.goal.clone())
-                    .push_bind(d.click_id.clone())
-                    .push_bind(d.clicked_at.map(|t| t.timestamp_millis()))
-                    .push_bind(d.transaction_id.clone())
-                    .push_bind(status.as_str())
-                    .push_bind(if d.is_rejected() {
-                        "rejected"
+        crate::db!(&mut *qb, qb => {
+            qb.push(
+                "INSERT INTO conversions (id, created_at, updated_at, source, source_event_id,
+                    advertiser_id, offer_id, affiliate_id, goal, click_id, clicked_at, transaction_id,
+                    status, decision, reasons, amount_minor, currency, fx_rate, network_currency,
+                    network_amount_minor, payout_minor, revenue_minor, occurred_at, attributes,
+                    txn_key, click_goal_key, event_key, raw_request_id) ",
+            );
+            qb.push_values(
+                chunk.iter().zip(encoded),
+                |mut b, (d, (reasons, attributes))| {
+                    let status = if d.is_rejected() {
+                        Status::Rejected
                     } else {
-                        "accepted"
-                    })
-                    .push_bind(reasons)
-                    .push_bind(a.map(|a| a.amount.minor))
-                    .push_bind(a.map(|a| a.amount.currency.code()))
-                    .push_bind(a.map(|a| a.fx_rate.to_string()))
-                    .push_bind(a.map(|a| a.network_amount.currency.code()))
-                    .push_bind(a.map(|a| a.network_amount.minor))
-                    .push_bind(a.map(|a| a.payout.minor))
-                    .push_bind(a.map(|a| a.revenue.minor))
-                    .push_bind(d.occurred_at.map(|t| t.timestamp_millis()))
-                    .push_bind(attributes)
-                    .push_bind(d.txn_key.clone().filter(|_| keys))
-                    .push_bind(d.click_goal_key.clone().filter(|_| keys))
-                    .push_bind(d.event_key.clone().filter(|_| keys))
-                    .push_bind(d.raw_request_id.clone());
-            },
-        );
-        qb.push(" ON CONFLICT DO NOTHING;\n");
-        if report_changes {
-            qb.push("SELECT changes();\n");
-        }
+                        d.status
+                    };
+                    let a = d.amounts;
+                    let keys = d.holds_dedupe_keys();
+                    b.push_bind(d.conversion_id.clone())
+                        .push_bind(now_ms)
+                        .push_bind(now_ms)
+                        .push_bind(d.source.clone())
+                        .push_bind(d.source_event_id.clone())
+                        .push_bind(d.advertiser_id)
+                        .push_bind(d.offer_id)
+                        .push_bind(d.affiliate_id)
+                        .push_bind(d.goal.clone())
+                        .push_bind(d.click_id.clone())
+                        .push_bind(d.clicked_at.map(|t| t.timestamp_millis()))
+                        .push_bind(d.transaction_id.clone())
+                        .push_bind(status.as_str())
+                        .push_bind(if d.is_rejected() {
+                            "rejected"
+                        } else {
+                            "accepted"
+                        })
+                        .push_bind(reasons)
+                        .push_bind(a.map(|a| a.amount.minor))
+                        .push_bind(a.map(|a| a.amount.currency.code()))
+                        .push_bind(a.map(|a| a.fx_rate.to_string()))
+                        .push_bind(a.map(|a| a.network_amount.currency.code()))
+                        .push_bind(a.map(|a| a.network_amount.minor))
+                        .push_bind(a.map(|a| a.payout.minor))
+                        .push_bind(a.map(|a| a.revenue.minor))
+                        .push_bind(d.occurred_at.map(|t| t.timestamp_millis()))
+                        .push_bind(attributes)
+                        .push_bind(d.txn_key.clone().filter(|_| keys))
+                        .push_bind(d.click_goal_key.clone().filter(|_| keys))
+                        .push_bind(d.event_key.clone().filter(|_| keys))
+                        .push_bind(d.raw_request_id.clone());
+                },
+            );
+            qb.push(" ON CONFLICT DO NOTHING;\n");
+            if report_changes {
+                qb.push("SELECT changes();\n");
+            }
+        });
     }
     Ok(())
 }
 
 /// Of `ids`, those that exist as conversions.
 pub async fn existing_ids(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     ids: impl Iterator<Item = &str>,
 ) -> Result<HashSet<String>, StoreError> {
     let ids: Vec<&str> = ids.collect();
     let mut found = HashSet::with_capacity(ids.len());
     for chunk in ids.chunks(INSERT_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT id FROM conversions WHERE id IN (");
-        let mut list = qb.separated(", ");
-        for id in chunk {
-            list.push_bind(id.to_string());
-        }
-        qb.push(")");
-        for row in qb.build().persistent(false).fetch_all(&mut *conn).await? {
-            found.insert(row.try_get::<String, _>(0)?);
-        }
+        let rows: Vec<(String,)> = crate::db!(conn, c => {
+            let mut qb = sqlx::QueryBuilder::new("SELECT id FROM conversions WHERE id IN (");
+            let mut list = qb.separated(", ");
+            for id in chunk {
+                list.push_bind(id.to_string());
+            }
+            qb.push(")");
+            qb.build_query_as().persistent(false).fetch_all(&mut **c).await?
+        });
+        found.extend(rows.into_iter().map(|(id,)| id));
     }
     Ok(found)
 }
 
 /// Inserts the decisions as new conversion rows; returns the ids that were inserted.
 async fn insert_new(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     decisions: &[&Decision],
     now_ms: i64,
 ) -> Result<HashSet<String>, StoreError> {
-    let mut qb = QueryBuilder::new("");
-    push_insert_conversions(&mut qb, decisions, now_ms, false)?;
-    let affected = qb
-        .build()
-        .persistent(false)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+    let mut affected = 0;
+    for chunk in decisions.chunks(INSERT_CHUNK) {
+        let mut qb = conn.builder();
+        push_insert_conversions(&mut qb, chunk, now_ms, false)?;
+        affected += conn.execute(qb).await?;
+    }
     if affected == decisions.len() as u64 {
         // The common case: no collisions.
         return Ok(decisions.iter().map(|d| d.conversion_id.clone()).collect());
@@ -290,60 +290,67 @@ const EXISTING_SELECT: &str = "SELECT c.id, c.status, c.decision, c.payout_minor
     LEFT JOIN affiliates aff ON aff.id = c.affiliate_id
     LEFT JOIN offers off ON off.id = c.offer_id";
 
-async fn find_existing(
-    conn: &mut SqliteConnection,
-    d: &Decision,
-) -> Result<Option<Existing>, StoreError> {
-    let mut lookups: Vec<(String, String, ReasonCode)> = Vec::new();
+/// What [`EXISTING_SELECT`] reads.
+#[derive(sqlx::FromRow)]
+struct ExistingRow {
+    id: String,
+    status: String,
+    decision: String,
+    payout_minor: Option<i64>,
+    revenue_minor: Option<i64>,
+    network_currency: Option<String>,
+    offer_id: Option<i64>,
+    affiliate_id: Option<i64>,
+    goal: Option<String>,
+    advertiser_key: Option<String>,
+    affiliate_key: Option<String>,
+    offer_key: Option<String>,
+}
+
+async fn find_existing(conn: &mut Conn<'_>, d: &Decision) -> Result<Option<Existing>, StoreError> {
+    let mut lookups: Vec<(&str, &String, ReasonCode)> = Vec::new();
     if let Some(k) = &d.event_key {
-        lookups.push((
-            format!("{EXISTING_SELECT} WHERE c.event_key = $1"),
-            k.clone(),
-            ReasonCode::DuplicateEvent,
-        ));
+        lookups.push(("event_key", k, ReasonCode::DuplicateEvent));
     }
     if let Some(k) = &d.txn_key {
-        lookups.push((
-            format!("{EXISTING_SELECT} WHERE c.txn_key = $1"),
-            k.clone(),
-            ReasonCode::DuplicateTransaction,
-        ));
+        lookups.push(("txn_key", k, ReasonCode::DuplicateTransaction));
     }
     if let Some(k) = &d.click_goal_key {
-        lookups.push((
-            format!("{EXISTING_SELECT} WHERE c.click_goal_key = $1"),
-            k.clone(),
-            ReasonCode::DuplicateClickGoal,
-        ));
+        lookups.push(("click_goal_key", k, ReasonCode::DuplicateClickGoal));
     }
     for k in &d.txn_candidates {
-        lookups.push((
-            format!("{EXISTING_SELECT} WHERE c.txn_key = $1"),
-            k.clone(),
-            ReasonCode::DuplicateTransaction,
-        ));
+        lookups.push(("txn_key", k, ReasonCode::DuplicateTransaction));
     }
-    for (sql, key, by) in lookups {
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
+    // On PostgreSQL another gateway may change the same row concurrently: lock it, and read
+    // its latest committed version, before deciding a transition. SQLite has one writer.
+    let lock = match conn {
+        Db::Sqlite(_) => "",
+        Db::Postgres(_) => " FOR UPDATE OF c",
+    };
+    for (column, key, by) in lookups {
+        let sql = format!("{EXISTING_SELECT} WHERE c.{column} = $1{lock}");
+        let row: Option<ExistingRow> = crate::db!(conn, c => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(key)
+                .fetch_optional(&mut **c)
+                .await?
+        });
         if let Some(row) = row {
-            let status: String = row.try_get("status")?;
             return Ok(Some(Existing {
-                id: row.try_get("id")?,
-                status: Status::parse(&status)
-                    .ok_or_else(|| StoreError::Corrupt(format!("conversion status {status}")))?,
-                rejected: row.try_get::<String, _>("decision")? == "rejected",
-                advertiser_key: row.try_get("advertiser_key")?,
-                affiliate_key: row.try_get("affiliate_key")?,
-                offer_id: row.try_get("offer_id")?,
-                affiliate_id: row.try_get("affiliate_id")?,
-                offer_key: row.try_get("offer_key")?,
-                goal: row.try_get("goal")?,
-                payout_minor: row.try_get("payout_minor")?,
-                revenue_minor: row.try_get("revenue_minor")?,
-                network_currency: row.try_get("network_currency")?,
+                status: Status::parse(&row.status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("conversion status {}", row.status))
+                })?,
+                rejected: row.decision == "rejected",
+                id: row.id,
+                advertiser_key: row.advertiser_key,
+                affiliate_key: row.affiliate_key,
+                offer_id: row.offer_id,
+                affiliate_id: row.affiliate_id,
+                offer_key: row.offer_key,
+                goal: row.goal,
+                payout_minor: row.payout_minor,
+                revenue_minor: row.revenue_minor,
+                network_currency: row.network_currency,
                 by,
             }));
         }
@@ -353,7 +360,7 @@ async fn find_existing(
 
 /// The slow path: a decision that collided with an earlier conversion, or a reversal.
 async fn resolve_existing(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     d: &Decision,
     now_ms: i64,
 ) -> Result<Receipt, StoreError> {
@@ -423,24 +430,26 @@ async fn resolve_existing(
                     None,
                 ),
             };
-            sqlx::query(
-                "UPDATE conversions SET status = 'approved', updated_at = $2,
-                    payout_minor = $3, revenue_minor = $4,
-                    amount_minor = COALESCE($5, amount_minor), currency = COALESCE($6, currency),
-                    fx_rate = COALESCE($7, fx_rate),
-                    network_amount_minor = COALESCE($8, network_amount_minor)
-                 WHERE id = $1",
-            )
-            .bind(&e.id)
-            .bind(now_ms)
-            .bind(payout)
-            .bind(revenue)
-            .bind(amount.map(|a| a.amount.minor))
-            .bind(amount.map(|a| a.amount.currency.code()))
-            .bind(amount.map(|a| a.fx_rate.to_string()))
-            .bind(amount.map(|a| a.network_amount.minor))
-            .execute(&mut *conn)
-            .await?;
+            crate::db!(conn, c => {
+                sqlx::query(
+                    "UPDATE conversions SET status = 'approved', updated_at = $2,
+                        payout_minor = $3, revenue_minor = $4,
+                        amount_minor = COALESCE($5, amount_minor), currency = COALESCE($6, currency),
+                        fx_rate = COALESCE($7, fx_rate),
+                        network_amount_minor = COALESCE($8, network_amount_minor)
+                     WHERE id = $1",
+                )
+                .bind(&e.id)
+                .bind(now_ms)
+                .bind(payout)
+                .bind(revenue)
+                .bind(amount.map(|a| a.amount.minor))
+                .bind(amount.map(|a| a.amount.currency.code()))
+                .bind(amount.map(|a| a.fx_rate.to_string()))
+                .bind(amount.map(|a| a.network_amount.minor))
+                .execute(&mut **c)
+                .await?;
+            });
             if let (Some(p), Some(r), Some(c), Some(adv), Some(aff)) = (
                 payout,
                 revenue,
@@ -502,16 +511,18 @@ fn transitioned(e: &Existing) -> Receipt {
 }
 
 async fn set_status(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     id: &str,
     status: Status,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE conversions SET status = $2, updated_at = $3 WHERE id = $1")
-        .bind(id)
-        .bind(status.as_str())
-        .bind(now_ms)
-        .execute(&mut *conn)
-        .await?;
+    crate::db!(conn, c => {
+        sqlx::query("UPDATE conversions SET status = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(status.as_str())
+            .bind(now_ms)
+            .execute(&mut **c)
+            .await?;
+    });
     Ok(())
 }

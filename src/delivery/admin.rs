@@ -9,11 +9,11 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::Row;
 
 use crate::outbound::enqueue;
 use crate::outbound::{DeliveryJob, webhook_id};
-use crate::store::StoreError;
+use crate::store::{Conn, Pool, StoreError};
 
 /// Deliveries replayed per transaction, so a bulk replay never holds the write lock long.
 const REPLAY_CHUNK: usize = 200;
@@ -21,7 +21,7 @@ const REPLAY_CHUNK: usize = 200;
 /// The delivery side of the admin API, on a writable pool.
 #[derive(Clone)]
 pub struct Deliveries {
-    pool: SqlitePool,
+    pool: Pool,
 }
 
 /// One delivery as the API shows it.
@@ -94,7 +94,7 @@ fn iso(ms: i64) -> String {
 }
 
 impl Deliveries {
-    pub fn new(pool: SqlitePool) -> Self {
+    pub fn new(pool: Pool) -> Self {
         Self { pool }
     }
 
@@ -103,100 +103,104 @@ impl Deliveries {
         &self,
         conversion_id: &str,
     ) -> Result<Vec<DeliveryView>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, conversion_id, endpoint, status, state, series, attempts,
-                next_attempt_at, last_error, created_at, updated_at
-             FROM deliveries WHERE conversion_id = $1 ORDER BY created_at, id",
-        )
-        .bind(conversion_id)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let attempts = sqlx::query(
-                "SELECT series, attempt_no, started_at, url, http_status, latency_ms, outcome,
-                    error, response_prefix
-                 FROM delivery_attempts WHERE delivery_id = $1 ORDER BY series, attempt_no",
+        crate::db!(&self.pool, pool => {
+            let rows = sqlx::query(
+                "SELECT id, conversion_id, endpoint, status, state, series, attempts,
+                    next_attempt_at, last_error, created_at, updated_at
+                 FROM deliveries WHERE conversion_id = $1 ORDER BY created_at, id",
             )
-            .bind(&id)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|a| {
-                Ok(AttemptView {
-                    series: a.try_get("series")?,
-                    attempt_no: a.try_get("attempt_no")?,
-                    started_at: iso(a.try_get("started_at")?),
-                    url: a.try_get("url")?,
-                    http_status: a.try_get("http_status")?,
-                    latency_ms: a.try_get("latency_ms")?,
-                    outcome: a.try_get("outcome")?,
-                    error: a.try_get("error")?,
-                    response: a
-                        .try_get::<Option<Vec<u8>>, _>("response_prefix")?
-                        .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            .bind(conversion_id)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id: String = row.try_get("id")?;
+                let attempts = sqlx::query(
+                    "SELECT series, attempt_no, started_at, url, http_status, latency_ms, outcome,
+                        error, response_prefix
+                     FROM delivery_attempts WHERE delivery_id = $1 ORDER BY series, attempt_no",
+                )
+                .bind(&id)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|a| {
+                    Ok(AttemptView {
+                        series: a.try_get("series")?,
+                        attempt_no: a.try_get("attempt_no")?,
+                        started_at: iso(a.try_get("started_at")?),
+                        url: a.try_get("url")?,
+                        http_status: a.try_get("http_status")?,
+                        latency_ms: a.try_get("latency_ms")?,
+                        outcome: a.try_get("outcome")?,
+                        error: a.try_get("error")?,
+                        response: a
+                            .try_get::<Option<Vec<u8>>, _>("response_prefix")?
+                            .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            out.push(DeliveryView {
-                webhook_id: webhook_id(&id),
-                conversion_id: row.try_get("conversion_id")?,
-                endpoint: row.try_get("endpoint")?,
-                status: row.try_get("status")?,
-                state: row.try_get("state")?,
-                series: row.try_get("series")?,
-                attempts: row.try_get("attempts")?,
-                next_attempt_at: row.try_get::<Option<i64>, _>("next_attempt_at")?.map(iso),
-                last_error: row.try_get("last_error")?,
-                created_at: iso(row.try_get("created_at")?),
-                updated_at: iso(row.try_get("updated_at")?),
-                attempt_log: attempts,
-                id,
-            });
-        }
-        Ok(out)
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                out.push(DeliveryView {
+                    webhook_id: webhook_id(&id),
+                    conversion_id: row.try_get("conversion_id")?,
+                    endpoint: row.try_get("endpoint")?,
+                    status: row.try_get("status")?,
+                    state: row.try_get("state")?,
+                    series: row.try_get("series")?,
+                    attempts: row.try_get("attempts")?,
+                    next_attempt_at: row.try_get::<Option<i64>, _>("next_attempt_at")?.map(iso),
+                    last_error: row.try_get("last_error")?,
+                    created_at: iso(row.try_get("created_at")?),
+                    updated_at: iso(row.try_get("updated_at")?),
+                    attempt_log: attempts,
+                    id,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// Ids of the deliveries a filter selects.
     pub async fn select(&self, filter: &ReplayFilter) -> Result<Vec<String>, StoreError> {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT d.id FROM deliveries d
-             LEFT JOIN affiliates a ON a.id = d.affiliate_id
-             LEFT JOIN offers o ON o.id = d.offer_id WHERE d.state <> 'pending'",
-        );
-        if let Some(id) = &filter.id {
-            qb.push(" AND d.id = ").push_bind(id.clone());
-        }
-        match filter.state.as_deref() {
-            Some("any") => {}
-            Some(state) => {
-                qb.push(" AND d.state = ").push_bind(state.to_owned());
+        crate::db!(&self.pool, pool => {
+            let mut qb = sqlx::QueryBuilder::new(
+                "SELECT d.id FROM deliveries d
+                 LEFT JOIN affiliates a ON a.id = d.affiliate_id
+                 LEFT JOIN offers o ON o.id = d.offer_id WHERE d.state <> 'pending'",
+            );
+            if let Some(id) = &filter.id {
+                qb.push(" AND d.id = ").push_bind(id.clone());
             }
-            None if filter.id.is_none() => {
-                qb.push(" AND d.state = 'dead'");
+            match filter.state.as_deref() {
+                Some("any") => {}
+                Some(state) => {
+                    qb.push(" AND d.state = ").push_bind(state.to_owned());
+                }
+                None if filter.id.is_none() => {
+                    qb.push(" AND d.state = 'dead'");
+                }
+                None => {}
             }
-            None => {}
-        }
-        if let Some(aff) = &filter.affiliate {
-            qb.push(" AND a.key = ").push_bind(aff.clone());
-        }
-        if let Some(offer) = &filter.offer {
-            qb.push(" AND o.key = ").push_bind(offer.clone());
-        }
-        if let Some(since) = filter.since {
-            qb.push(" AND d.created_at >= ")
-                .push_bind(since.timestamp_millis());
-        }
-        if let Some(until) = filter.until {
-            qb.push(" AND d.created_at < ")
-                .push_bind(until.timestamp_millis());
-        }
-        qb.push(" ORDER BY d.created_at, d.id");
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0).map_err(StoreError::from))
-            .collect()
+            if let Some(aff) = &filter.affiliate {
+                qb.push(" AND a.key = ").push_bind(aff.clone());
+            }
+            if let Some(offer) = &filter.offer {
+                qb.push(" AND o.key = ").push_bind(offer.clone());
+            }
+            if let Some(since) = filter.since {
+                qb.push(" AND d.created_at >= ")
+                    .push_bind(since.timestamp_millis());
+            }
+            if let Some(until) = filter.until {
+                qb.push(" AND d.created_at < ")
+                    .push_bind(until.timestamp_millis());
+            }
+            qb.push(" ORDER BY d.created_at, d.id");
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| r.try_get::<String, _>(0).map_err(StoreError::from))
+                .collect()
+        })
     }
 
     /// Starts a new attempt series for each id (skipping any that became pending meanwhile);
@@ -206,48 +210,52 @@ impl Deliveries {
         ids: &[String],
         mut progress: impl FnMut(usize),
     ) -> Result<usize, StoreError> {
-        let mut replayed = 0;
-        for chunk in ids.chunks(REPLAY_CHUNK) {
-            let now = Utc::now();
-            let mut tx = self.pool.begin().await?;
-            for id in chunk {
-                let series: Option<i64> = sqlx::query_scalar(
-                    "UPDATE deliveries SET series = series + 1, state = 'pending',
-                        series_started_at = $2, next_attempt_at = $2, updated_at = $2
-                     WHERE id = $1 AND state <> 'pending' RETURNING series",
-                )
-                .bind(id)
-                .bind(now.timestamp_millis())
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(series) = series {
-                    let job = DeliveryJob::first(id, u32::try_from(series).unwrap_or(u32::MAX));
-                    enqueue::push_job(&mut tx, job, now.timestamp()).await?;
-                    replayed += 1;
+        crate::db!(&self.pool, pool => {
+            let mut replayed = 0;
+            for chunk in ids.chunks(REPLAY_CHUNK) {
+                let now = Utc::now();
+                let mut tx = pool.begin().await?;
+                for id in chunk {
+                    let series: Option<i64> = sqlx::query_scalar(
+                        "UPDATE deliveries SET series = series + 1, state = 'pending',
+                            series_started_at = $2, next_attempt_at = $2, updated_at = $2
+                         WHERE id = $1 AND state <> 'pending' RETURNING series",
+                    )
+                    .bind(id)
+                    .bind(now.timestamp_millis())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(series) = series {
+                        let job = DeliveryJob::first(id, u32::try_from(series).unwrap_or(u32::MAX));
+                        enqueue::push_job(&mut Conn::from(&mut *tx), job, now.timestamp()).await?;
+                        replayed += 1;
+                    }
                 }
+                tx.commit().await?;
+                progress(chunk.len());
             }
-            tx.commit().await?;
-            progress(chunk.len());
-        }
-        Ok(replayed)
+            Ok(replayed)
+        })
     }
 
     /// Lifts a 410 pause and replays the deliveries that waited on it; returns whether the
     /// endpoint was paused and how many deliveries were replayed.
     pub async fn resume_endpoint(&self, endpoint: &str) -> Result<(bool, usize), StoreError> {
-        let lifted = sqlx::query("DELETE FROM paused_endpoints WHERE endpoint = $1")
+        crate::db!(&self.pool, pool => {
+            let lifted = sqlx::query("DELETE FROM paused_endpoints WHERE endpoint = $1")
+                .bind(endpoint)
+                .execute(pool)
+                .await?
+                .rows_affected()
+                > 0;
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM deliveries WHERE endpoint = $1 AND state = 'paused' ORDER BY created_at",
+            )
             .bind(endpoint)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            > 0;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE endpoint = $1 AND state = 'paused' ORDER BY created_at",
-        )
-        .bind(endpoint)
-        .fetch_all(&self.pool)
-        .await?;
-        let replayed = self.replay(&ids, |_| {}).await?;
-        Ok((lifted, replayed))
+            .fetch_all(pool)
+            .await?;
+            let replayed = self.replay(&ids, |_| {}).await?;
+            Ok((lifted, replayed))
+        })
     }
 }

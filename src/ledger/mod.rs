@@ -9,10 +9,9 @@
 //! `affiliate:<id>:payable` (what the network owes the affiliate) and `network:margin`.
 
 use serde::Serialize;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use crate::domain::{Currency, Money};
-use crate::store::StoreError;
+use crate::store::{Builder, Conn, StoreError};
 
 /// Why postings exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,18 +80,17 @@ pub fn conversion_postings(
 /// Rows per multi-row insert (6 binds each).
 const INSERT_CHUNK: usize = 2000;
 
-/// Appends postings in as few statements as the bind limit allows.
+/// Appends postings, one multi-row statement per [`INSERT_CHUNK`] lines.
 pub async fn insert(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     postings: &[Posting],
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    if postings.is_empty() {
-        return Ok(());
+    for chunk in postings.chunks(INSERT_CHUNK) {
+        let mut qb = conn.builder();
+        push_insert(&mut qb, chunk, now_ms, false);
+        conn.execute(qb).await?;
     }
-    let mut qb = QueryBuilder::new("");
-    push_insert(&mut qb, postings, now_ms, false);
-    qb.build().persistent(false).execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -100,13 +98,8 @@ pub async fn insert(
 /// `only_for_existing`, a line is written only if its conversion row exists — so postings
 /// can ride in the same round trip as conversion inserts that may have been skipped as
 /// duplicates.
-pub fn push_insert(
-    qb: &mut QueryBuilder<Sqlite>,
-    postings: &[Posting],
-    now_ms: i64,
-    only_for_existing: bool,
-) {
-    for chunk in postings.chunks(INSERT_CHUNK) {
+pub fn push_insert(qb: &mut Builder, postings: &[Posting], now_ms: i64, only_for_existing: bool) {
+    crate::db!(qb, qb => for chunk in postings.chunks(INSERT_CHUNK) {
         qb.push(
             "INSERT INTO ledger_postings (conversion_id, kind, account, currency, amount_minor, created_at) ",
         );
@@ -128,36 +121,37 @@ pub fn push_insert(
             qb.push(") AS v WHERE EXISTS (SELECT 1 FROM conversions c WHERE c.id = v.column1)");
         }
         qb.push(";\n");
-    }
+    })
 }
 
 /// The negation of everything a conversion has posted so far, so that after it the
 /// conversion's net is zero on every account.
 pub async fn reversal_postings(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     conversion_id: &str,
 ) -> Result<Vec<Posting>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT account, currency, SUM(amount_minor) AS net FROM ledger_postings
-         WHERE conversion_id = $1 GROUP BY account, currency ORDER BY account",
-    )
-    .bind(conversion_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let net: i64 = row.try_get("net")?;
-        if net != 0 {
-            out.push(Posting {
-                conversion_id: conversion_id.to_owned(),
-                kind: PostingKind::Reversal,
-                account: row.try_get("account")?,
-                currency: row.try_get("currency")?,
-                amount_minor: -net,
-            });
-        }
-    }
-    Ok(out)
+    // CAST: PostgreSQL's SUM of BIGINT is NUMERIC.
+    let rows: Vec<(String, String, i64)> = crate::db!(conn, c => {
+        sqlx::query_as(
+            "SELECT account, currency, CAST(SUM(amount_minor) AS BIGINT) AS net
+             FROM ledger_postings WHERE conversion_id = $1
+             GROUP BY account, currency ORDER BY account",
+        )
+        .bind(conversion_id)
+        .fetch_all(&mut **c)
+        .await?
+    });
+    Ok(rows
+        .into_iter()
+        .filter(|(_, _, net)| *net != 0)
+        .map(|(account, currency, net)| Posting {
+            conversion_id: conversion_id.to_owned(),
+            kind: PostingKind::Reversal,
+            account,
+            currency,
+            amount_minor: -net,
+        })
+        .collect())
 }
 
 /// One account's balance in one currency.
@@ -171,22 +165,22 @@ pub struct Balance {
 }
 
 /// All balances, derived from the postings.
-pub async fn balances(conn: &mut SqliteConnection) -> Result<Vec<Balance>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT account, currency, SUM(amount_minor) AS total FROM ledger_postings
-         GROUP BY account, currency ORDER BY account, currency",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+pub async fn balances(conn: &mut Conn<'_>) -> Result<Vec<Balance>, StoreError> {
+    let rows: Vec<(String, String, i64)> = crate::db!(conn, c => {
+        sqlx::query_as(
+            "SELECT account, currency, CAST(SUM(amount_minor) AS BIGINT) AS total
+             FROM ledger_postings GROUP BY account, currency ORDER BY account, currency",
+        )
+        .fetch_all(&mut **c)
+        .await?
+    });
     rows.into_iter()
-        .map(|row| {
-            let currency: String = row.try_get("currency")?;
-            let total: i64 = row.try_get("total")?;
+        .map(|(account, currency, total)| {
             let amount = Currency::parse(&currency)
                 .map(|c| Money::from_minor(total, c).to_decimal().to_string())
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             Ok(Balance {
-                account: row.try_get("account")?,
+                account,
                 currency,
                 amount,
                 amount_minor: total,

@@ -8,11 +8,12 @@
 //!   round trip beside conversion inserts that may be skipped as duplicates (like postings).
 //! - Errors: only the database's. Side effects: rows in `deliveries` and apalis' `Jobs`.
 //!
-//! The `Jobs` insert mirrors apalis-sqlite 1.0's `push_tasks` (`queries/task/sink.sql`):
-//! JSON args, a ULID id, `job_type` = [`QUEUE`], `Pending`, unix-seconds `run_at`, metadata
-//! `{}` and an idempotency key. Plain SQL lets one statement cover a whole batch.
+//! The job insert mirrors each apalis backend's own `push_tasks` (`queries/task/sink.sql` of
+//! apalis-sqlite 1.0 and apalis-postgres 1.0): JSON args, a ULID id, `job_type` = [`QUEUE`],
+//! `Pending`, the run time, empty metadata and an idempotency key. Plain SQL lets one
+//! statement cover a whole batch, inside the caller's transaction.
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use crate::store::{Builder, Conn, Db};
 
 use super::job::{DeliveryJob, INFRA_ATTEMPTS, QUEUE};
 use crate::store::StoreError;
@@ -51,15 +52,27 @@ impl NewDelivery {
 const CHUNK: usize = 1000;
 
 /// Appends the delivery and first-attempt job inserts, each statement ending in `;`.
-pub fn push_insert(qb: &mut QueryBuilder<Sqlite>, rows: &[NewDelivery], now_ms: i64) {
+pub fn push_insert(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64) {
     for chunk in rows.chunks(CHUNK) {
+        push_deliveries(qb, chunk, now_ms);
+        push_jobs(
+            qb,
+            chunk
+                .iter()
+                .map(|d| (DeliveryJob::first(&d.id, 1), now_ms / 1000)),
+        );
+    }
+}
+
+fn push_deliveries(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64) {
+    crate::db!(qb, qb => {
         qb.push(
             "INSERT INTO deliveries (id, conversion_id, endpoint, affiliate_id, offer_id, status,
                 state, series, attempts, series_started_at, next_attempt_at, created_at, updated_at)
              SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, 'pending',
                 1, 0, v.column7, v.column7, v.column8, v.column8 FROM (",
         );
-        qb.push_values(chunk, |mut b, d| {
+        qb.push_values(rows, |mut b, d| {
             b.push_bind(d.id.clone())
                 .push_bind(d.conversion_id.clone())
                 .push_bind(d.endpoint.clone())
@@ -70,18 +83,12 @@ pub fn push_insert(qb: &mut QueryBuilder<Sqlite>, rows: &[NewDelivery], now_ms: 
                 .push_bind(now_ms);
         });
         qb.push(") AS v WHERE EXISTS (SELECT 1 FROM conversions c WHERE c.id = v.column2);\n");
-        push_jobs(
-            qb,
-            chunk
-                .iter()
-                .map(|d| (DeliveryJob::first(&d.id, 1), now_ms / 1000)),
-        );
-    }
+    })
 }
 
-/// Appends one `INSERT INTO Jobs` for `jobs` (job, run_at unix seconds); a job is written
-/// only if its delivery row exists.
-pub fn push_jobs(qb: &mut QueryBuilder<Sqlite>, jobs: impl Iterator<Item = (DeliveryJob, i64)>) {
+/// Appends one job insert for `jobs` (job, run_at unix seconds); a job is written only if
+/// its delivery row exists.
+pub fn push_jobs(qb: &mut Builder, jobs: impl Iterator<Item = (DeliveryJob, i64)>) {
     let jobs: Vec<(DeliveryJob, i64, String)> = jobs
         .map(|(job, at)| {
             let key = job.idempotency_key();
@@ -91,70 +98,94 @@ pub fn push_jobs(qb: &mut QueryBuilder<Sqlite>, jobs: impl Iterator<Item = (Deli
     push_keyed(qb, &jobs);
 }
 
-fn push_keyed(qb: &mut QueryBuilder<Sqlite>, jobs: &[(DeliveryJob, i64, String)]) {
+fn push_keyed(qb: &mut Builder, jobs: &[(DeliveryJob, i64, String)]) {
     if jobs.is_empty() {
         return;
     }
-    qb.push(
-        "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, last_result,
-            lock_at, lock_by, done_at, priority, metadata, idempotency_key)
-         SELECT v.column1, v.column2, ",
-    );
-    qb.push_bind(QUEUE);
-    qb.push(", 'Pending', 0, ");
-    qb.push_bind(INFRA_ATTEMPTS);
-    qb.push(", v.column3, NULL, NULL, NULL, NULL, 0, '{}', v.column4 FROM (");
-    qb.push_values(jobs, |mut b, (job, run_at, key)| {
-        b.push_bind(job.encode())
-            .push_bind(ulid::Ulid::generate().to_string())
-            .push_bind(*run_at)
-            .push_bind(key.clone())
-            .push_bind(job.delivery_id.clone());
-    });
-    // The WHERE clause also keeps SQLite from reading ON CONFLICT as a join constraint.
-    qb.push(
-        ") AS v WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = v.column5)
-         ON CONFLICT (job_type, idempotency_key) DO NOTHING;\n",
-    );
+    match qb {
+        Db::Sqlite(qb) => {
+            qb.push(
+                "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at,
+                    last_result, lock_at, lock_by, done_at, priority, metadata, idempotency_key)
+                 SELECT v.column1, v.column2, ",
+            );
+            qb.push_bind(QUEUE);
+            qb.push(", 'Pending', 0, ");
+            qb.push_bind(INFRA_ATTEMPTS);
+            qb.push(", v.column3, NULL, NULL, NULL, NULL, 0, '{}', v.column4 FROM (");
+        }
+        Db::Postgres(qb) => {
+            qb.push(
+                "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts,
+                    run_at, priority, metadata, idempotency_key)
+                 SELECT v.column1, v.column2, ",
+            );
+            qb.push_bind(QUEUE);
+            qb.push(", 'Pending', 0, ");
+            qb.push_bind(INFRA_ATTEMPTS as i32);
+            qb.push(", to_timestamp(v.column3), 0, ''::hstore, v.column4 FROM (");
+        }
+    }
+    crate::db!(qb, qb => {
+        qb.push_values(jobs, |mut b, (job, run_at, key)| {
+            b.push_bind(job.encode())
+                .push_bind(ulid::Ulid::generate().to_string())
+                .push_bind(*run_at)
+                .push_bind(key.clone())
+                .push_bind(job.delivery_id.clone());
+        });
+        // The WHERE clause also keeps SQLite from reading ON CONFLICT as a join constraint.
+        qb.push(
+            ") AS v WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = v.column5)
+             ON CONFLICT (job_type, idempotency_key) DO NOTHING;\n",
+        );
+    })
 }
 
 /// Inserts deliveries and their first jobs on `conn` (inside the caller's transaction).
 pub async fn insert(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     rows: &[NewDelivery],
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
+    for chunk in rows.chunks(CHUNK) {
+        let mut qb = conn.builder();
+        push_deliveries(&mut qb, chunk, now_ms);
+        conn.execute(qb).await?;
+        let mut qb = conn.builder();
+        push_jobs(
+            &mut qb,
+            chunk
+                .iter()
+                .map(|d| (DeliveryJob::first(&d.id, 1), now_ms / 1000)),
+        );
+        conn.execute(qb).await?;
     }
-    let mut qb = QueryBuilder::new("");
-    push_insert(&mut qb, rows, now_ms);
-    qb.build().persistent(false).execute(&mut *conn).await?;
     Ok(())
 }
 
 /// Pushes one job (a retry or a replay's first attempt) on `conn`.
 pub async fn push_job(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     job: DeliveryJob,
     run_at_unix: i64,
 ) -> Result<(), StoreError> {
-    let mut qb = QueryBuilder::new("");
+    let mut qb = conn.builder();
     push_jobs(&mut qb, std::iter::once((job, run_at_unix)));
-    qb.build().persistent(false).execute(&mut *conn).await?;
+    conn.execute(qb).await?;
     Ok(())
 }
 
 /// Pushes one job under an explicit idempotency key (an attempt put back while its endpoint
 /// was at its concurrency cap, or a replay's first attempt).
 pub async fn push_job_keyed(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     job: DeliveryJob,
     run_at_unix: i64,
     key: String,
 ) -> Result<(), StoreError> {
-    let mut qb = QueryBuilder::new("");
+    let mut qb = conn.builder();
     push_keyed(&mut qb, &[(job, run_at_unix, key)]);
-    qb.build().persistent(false).execute(&mut *conn).await?;
+    conn.execute(qb).await?;
     Ok(())
 }

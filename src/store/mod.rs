@@ -1,28 +1,103 @@
-//! Storage: the embedded SQLite database, its migrations, the read side and the writer.
+//! Storage: the database, its migrations, the read side and the writer.
 //!
-//! One [`Store`] owns a small pool of read connections (WAL lets readers run beside the
-//! writer) and a [`writer::WriterHandle`] to the single task that performs every write
-//! (group commit; see `writer`). Anything acknowledged to a caller was committed with
-//! `synchronous=FULL`, so a `kill -9` right after a 2xx loses nothing.
+//! Two backends behind one interface: embedded SQLite (the zero-set-up default; see
+//! [`sqlite`]) and PostgreSQL for several gateways on one database (see [`postgres`]). The
+//! URL picks one. Code that runs SQL holds a [`Db`] of pools or connections and writes each
+//! query once inside [`db!`], which compiles it for both; the few statements that differ
+//! (apalis' job table, locking reads, SQLite's pragmas) branch on the variant.
+//!
+//! One [`Store`] owns a pool for reads and a [`writer::WriterHandle`] to the task that
+//! performs every ingest write (group commit; see `writer`). Anything acknowledged to a
+//! caller was committed durably first (`synchronous=FULL` on SQLite, synchronous commit on
+//! PostgreSQL), so a `kill -9` right after a 2xx loses nothing.
 
 pub mod catalog;
+pub mod postgres;
+pub mod sqlite;
 pub mod writer;
-
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use serde::Serialize;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Row, SqliteConnection};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 use crate::config::Settings;
 use crate::domain::{ClickKeyRing, Reason};
+
+/// One value per backend. [`db!`] runs the same code on whichever it holds.
+#[derive(Debug, Clone)]
+pub enum Db<S, P> {
+    Sqlite(S),
+    Postgres(P),
+}
+
+/// Runs `$body` with `$name` bound to the backend value inside `$value` (a [`Db`]); the body
+/// is compiled once per backend, so it may use each backend's concrete sqlx types.
+#[macro_export]
+macro_rules! db {
+    ($value:expr, $name:ident => $body:expr) => {
+        match $value {
+            $crate::store::Db::Sqlite($name) => $body,
+            $crate::store::Db::Postgres($name) => $body,
+        }
+    };
+}
+
+/// A connection pool of either backend.
+pub type Pool = Db<SqlitePool, PgPool>;
+/// A borrowed connection (or open transaction) of either backend.
+pub type Conn<'a> = Db<&'a mut SqliteConnection, &'a mut PgConnection>;
+/// A query being built for either backend.
+pub type Builder = Db<QueryBuilder<Sqlite>, QueryBuilder<Postgres>>;
+
+impl<'a> Conn<'a> {
+    /// A shorter borrow of the same connection, to pass on while keeping this one.
+    pub fn reborrow(&mut self) -> Conn<'_> {
+        match self {
+            Db::Sqlite(c) => Db::Sqlite(&mut **c),
+            Db::Postgres(c) => Db::Postgres(&mut **c),
+        }
+    }
+
+    /// An empty query builder for this connection's backend.
+    pub fn builder(&self) -> Builder {
+        match self {
+            Db::Sqlite(_) => Db::Sqlite(QueryBuilder::new("")),
+            Db::Postgres(_) => Db::Postgres(QueryBuilder::new("")),
+        }
+    }
+
+    /// Runs a built statement (one statement: PostgreSQL prepares what it runs).
+    pub async fn execute(&mut self, builder: Builder) -> Result<u64, StoreError> {
+        let affected = match (self, builder) {
+            (Db::Sqlite(c), Db::Sqlite(mut q)) => q
+                .build()
+                .persistent(false)
+                .execute(&mut **c)
+                .await?
+                .rows_affected(),
+            (Db::Postgres(c), Db::Postgres(mut q)) => q
+                .build()
+                .persistent(false)
+                .execute(&mut **c)
+                .await?
+                .rows_affected(),
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "query built for the other backend".into(),
+                ));
+            }
+        };
+        Ok(affected)
+    }
+}
+
+impl Pool {
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+}
 
 /// A storage failure. Callers answer 503 `storage_unavailable`; the cause is logged once.
 #[derive(Debug, thiserror::Error)]
@@ -45,151 +120,74 @@ pub enum StoreError {
     Keys(#[from] crate::domain::click_id::KeyRingError),
     #[error("the writer has stopped")]
     WriterGone,
+    #[error("unsupported database URL {0:?}: use sqlite:<path> or postgres://…")]
+    Url(String),
 }
 
 /// The database as the rest of postgate sees it.
 #[derive(Clone)]
 pub struct Store {
-    read: SqlitePool,
+    read: Pool,
     pub writer: writer::WriterHandle,
-}
-
-fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
-    let options = SqliteConnectOptions::from_str(url)?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        // FULL: the WAL is fsync'd at every commit, so an acknowledged write survives power
-        // loss, not just a process crash.
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10))
-        .foreign_keys(true)
-        .log_statements(tracing::log::LevelFilter::Trace);
-    if let Some(parent) = Path::new(options.get_filename()).parent()
-        && !parent.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(parent).map_err(|source| StoreError::Directory {
-            path: parent.display().to_string(),
-            source,
-        })?;
-    }
-    Ok(options)
 }
 
 /// The connections of an open database.
 pub struct Opened {
-    /// The only connection that writes: owned by the writer task.
-    pub writer: SqliteConnection,
-    /// Readers for the API; WAL lets them run beside the writer.
-    pub read: SqlitePool,
-    /// Runs WAL checkpoints so the writer never stalls on one.
-    pub checkpointer: SqliteConnection,
+    /// What the writer writes with: SQLite's only write connection, or a pool of
+    /// PostgreSQL connections shared by the writer tasks.
+    pub writer: Db<SqliteConnection, PgPool>,
+    /// Readers for the API.
+    pub read: Pool,
+    /// SQLite only: runs WAL checkpoints so the writer never stalls on one.
+    pub checkpointer: Option<SqliteConnection>,
 }
 
-/// Opens (creating if needed) and migrates the database.
+/// Opens (creating if needed) and migrates the database `url` names: `sqlite:<path>` or
+/// `postgres://…`.
 pub async fn open(url: &str) -> Result<Opened, StoreError> {
-    let options = connect_options(url)?;
-    let mut writer = options
-        .clone()
-        // The hot indexes stay in memory; 64 MiB is small next to what a gateway host has.
-        .pragma("cache_size", "-65536")
-        // Checkpoints run on their own connection (see `checkpoint_loop`); this only bounds
-        // the WAL if that loop ever falls behind.
-        .pragma("wal_autocheckpoint", "16384")
-        // A multi-row INSERT keeps a statement journal so it can roll itself back; in memory,
-        // not in a temp file written on every batch.
-        .pragma("temp_store", "memory")
-        // Multi-row inserts differ in text per batch size; keep them all prepared.
-        .statement_cache_capacity(2048)
-        .connect()
-        .await?;
-    sqlx::migrate!("./migrations/sqlite")
-        .run(&mut writer)
-        .await?;
-    apalis_schema(&mut writer).await?;
-    let checkpointer = options.clone().connect().await?;
-    let read = SqlitePoolOptions::new()
-        .max_connections(4)
-        .min_connections(1)
-        .connect_with(options.read_only(true))
-        .await?;
-    Ok(Opened {
-        writer,
-        read,
-        checkpointer,
-    })
-}
-
-/// apalis' tables (`Jobs`, `Workers`) in the same file, so the writer can enqueue a
-/// conversion's deliveries in the conversion's own transaction.
-///
-/// Only apalis' migrator runs, never `SqliteStorage::setup`: that sets `synchronous=OFF` on
-/// whatever connection it gets. Its migrations keep their own bookkeeping table — sharing
-/// `_sqlx_migrations` would make ours fail with `VersionMissing`. The name must never change.
-///
-/// Then the planner gets statistics saying `lock_by` is unselective: without them apalis'
-/// lock and ack statements scan every pending or finished job, and a backlog of 100 k drains
-/// at under 100 jobs/s instead of thousands (measured in the pg-outbound research crate).
-async fn apalis_schema(conn: &mut SqliteConnection) -> Result<(), StoreError> {
-    let mut migrator = apalis_sqlite::SqliteStorage::<()>::migrations();
-    migrator.dangerous_set_table_name("_apalis_migrations");
-    migrator.run(&mut *conn).await?;
-    sqlx::query("ANALYZE Jobs").execute(&mut *conn).await?;
-    // Connections opened after this (readers, the worker's pool) load these statistics.
-    sqlx::query(
-        "DELETE FROM sqlite_stat1 WHERE tbl = 'Jobs' AND idx = 'LIdx';
-         INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('Jobs', 'LIdx', '1000000 500000');",
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("ANALYZE sqlite_schema")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// A small writable pool (admin actions on deliveries, the CLI). Its writes are short
-/// transactions that wait for the group-commit writer via busy_timeout; `synchronous=FULL`.
-pub async fn worker_pool(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
-    Ok(SqlitePoolOptions::new()
-        .max_connections(max_connections)
-        .connect_with(connect_options(url)?)
-        .await?)
-}
-
-/// The delivery worker's pool: like [`worker_pool`] but with `synchronous=NORMAL`, which
-/// saves the fsync of each attempt record and apalis ack (about half the worker's cost).
-///
-/// Safe because nothing the worker writes is acknowledged to anyone and every loss is
-/// recoverable: in WAL mode a power loss drops only a suffix of commits, so a lost attempt
-/// record loses its job's ack too and the job re-runs (one more HTTP attempt; receivers
-/// dedupe on the stable webhook-id), and a lost retry loses the ack of the attempt that
-/// pushed it. The jobs themselves were committed with FULL by the writer.
-pub async fn delivery_pool(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
-    Ok(SqlitePoolOptions::new()
-        .max_connections(max_connections)
-        .connect_with(connect_options(url)?.synchronous(SqliteSynchronous::Normal))
-        .await?)
-}
-
-/// Copies committed WAL frames into the database file every `every`, off the writer's path.
-/// PASSIVE never blocks the writer or readers; it does what it can and tries again.
-pub async fn checkpoint_loop(mut conn: SqliteConnection, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut conn)
-            .await
-        {
-            tracing::warn!(error = %writer::error_chain(&e), "WAL checkpoint failed.");
-        }
+    match backend_of(url)? {
+        Backend::Sqlite => sqlite::open(url).await,
+        Backend::Postgres => postgres::open(url).await,
     }
 }
 
-/// The click-ID key ring: from the configuration, or generated once and kept in the database.
+/// Which backend a database URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backend_of(url: &str) -> Result<Backend, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(StoreError::Url(url.to_owned()))
+    }
+}
+
+/// A small writable pool (admin actions on deliveries, the CLI).
+pub async fn worker_pool(url: &str, max_connections: u32) -> Result<Pool, StoreError> {
+    Ok(match backend_of(url)? {
+        Backend::Sqlite => Db::Sqlite(sqlite::worker_pool(url, max_connections).await?),
+        Backend::Postgres => Db::Postgres(postgres::pool(url, max_connections).await?),
+    })
+}
+
+/// The delivery worker's pool (on SQLite with `synchronous=NORMAL`; see there).
+pub async fn delivery_pool(url: &str, max_connections: u32) -> Result<Pool, StoreError> {
+    Ok(match backend_of(url)? {
+        Backend::Sqlite => Db::Sqlite(sqlite::delivery_pool(url, max_connections).await?),
+        Backend::Postgres => Db::Postgres(postgres::pool(url, max_connections).await?),
+    })
+}
+
+/// The click-ID key ring: from the configuration, or generated once and kept in the database
+/// (where every gateway on the same database finds the same keys).
 pub async fn click_keys(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     settings: &Settings,
 ) -> Result<ClickKeyRing, StoreError> {
     if let Some(active) = settings.click_ids.active {
@@ -198,35 +196,47 @@ pub async fn click_keys(
             settings.click_ids.keys.iter().cloned(),
         )?);
     }
-    let rows = sqlx::query("SELECT id, secret FROM click_keys ORDER BY id")
-        .fetch_all(&mut *conn)
-        .await?;
+    let mut keys = stored_click_keys(conn).await?;
+    if keys.is_empty() {
+        let mut secret = [0u8; 32];
+        rand::fill(&mut secret);
+        // Gateways starting together race here; the first key stored wins for all.
+        let inserted = db!(conn, c => sqlx::query(
+            "INSERT INTO click_keys (id, secret, created_at) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(STANDARD.encode(secret))
+        .bind(Utc::now().timestamp_millis())
+        .execute(&mut **c)
+        .await?
+        .rows_affected());
+        if inserted == 1 {
+            tracing::info!(
+                key_id = 1,
+                "Generated a click-ID key and stored it in the database."
+            );
+        }
+        keys = stored_click_keys(conn).await?;
+    }
+    let active = keys.iter().map(|(id, _)| *id).max().unwrap_or(1);
+    Ok(ClickKeyRing::new(active, keys)?)
+}
+
+async fn stored_click_keys(conn: &mut Conn<'_>) -> Result<Vec<(u8, Vec<u8>)>, StoreError> {
+    let rows: Vec<(i64, String)> = db!(conn, c => {
+        sqlx::query_as("SELECT id, secret FROM click_keys ORDER BY id")
+            .fetch_all(&mut **c)
+            .await?
+    });
     let mut keys = Vec::new();
-    for row in rows {
-        let id: i64 = row.try_get("id")?;
-        let secret: String = row.try_get("secret")?;
+    for (id, secret) in rows {
         let id = u8::try_from(id).map_err(|_| StoreError::Corrupt(format!("click key id {id}")))?;
         let bytes = STANDARD
             .decode(secret)
             .map_err(|_| StoreError::Corrupt(format!("click key {id}")))?;
         keys.push((id, bytes));
     }
-    if keys.is_empty() {
-        let mut secret = [0u8; 32];
-        rand::fill(&mut secret);
-        sqlx::query("INSERT INTO click_keys (id, secret, created_at) VALUES (1, $1, $2)")
-            .bind(STANDARD.encode(secret))
-            .bind(Utc::now().timestamp_millis())
-            .execute(&mut *conn)
-            .await?;
-        tracing::info!(
-            key_id = 1,
-            "Generated a click-ID key and stored it in the database."
-        );
-        keys.push((1, secret.to_vec()));
-    }
-    let active = keys.iter().map(|(id, _)| *id).max().unwrap_or(1);
-    Ok(ClickKeyRing::new(active, keys)?)
+    Ok(keys)
 }
 
 /// A conversion as the read API shows it.
@@ -260,23 +270,25 @@ const CONVERSION_COLUMNS: &str = "id, created_at, updated_at, source, source_eve
     fx_rate, network_currency, network_amount_minor, payout_minor, revenue_minor, attributes";
 
 impl Store {
-    pub fn new(read: SqlitePool, writer: writer::WriterHandle) -> Self {
+    pub fn new(read: Pool, writer: writer::WriterHandle) -> Self {
         Self { read, writer }
     }
 
     /// Whether a read succeeds and the writer is running.
     pub async fn ready(&self) -> bool {
-        !self.writer.is_closed() && sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
+        !self.writer.is_closed()
+            && db!(&self.read, p => sqlx::query("SELECT 1").execute(p).await.is_ok())
     }
 
     pub async fn conversion(&self, id: &str) -> Result<Option<ConversionView>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONVERSION_COLUMNS} FROM conversions WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.read)
-        .await?;
-        row.map(|r| conversion_view(&r)).transpose()
+        let sql = format!("SELECT {CONVERSION_COLUMNS} FROM conversions WHERE id = $1");
+        let row: Option<ConversionRow> = db!(&self.read, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(p)
+                .await?
+        });
+        row.map(ConversionRow::into_view).transpose()
     }
 
     pub async fn conversions_by_click(
@@ -284,70 +296,112 @@ impl Store {
         click_id: &str,
         limit: i64,
     ) -> Result<Vec<ConversionView>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT {CONVERSION_COLUMNS} FROM conversions WHERE click_id = $1
              ORDER BY created_at, id LIMIT $2"
-        )))
-        .bind(click_id)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(conversion_view).collect()
+        );
+        let rows: Vec<ConversionRow> = db!(&self.read, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(click_id)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        });
+        rows.into_iter().map(ConversionRow::into_view).collect()
     }
 
     pub async fn balances(&self) -> Result<Vec<crate::ledger::Balance>, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        crate::ledger::balances(&mut conn).await
+        db!(&self.read, p => {
+            let mut c = p.acquire().await?;
+            crate::ledger::balances(&mut Conn::from(&mut *c)).await
+        })
     }
 
     /// The number of click rows, for tests and the demo.
     pub async fn click_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM clicks")
-            .fetch_one(&self.read)
-            .await?)
+        Ok(db!(&self.read, p => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM clicks")
+                .fetch_one(p)
+                .await?
+        }))
     }
 }
 
-fn conversion_view(row: &sqlx::sqlite::SqliteRow) -> Result<ConversionView, StoreError> {
-    use crate::domain::{Currency, Money};
-    let ms = |col: &str| -> Result<String, StoreError> {
-        let v: i64 = row.try_get(col)?;
-        Ok(chrono::DateTime::from_timestamp_millis(v)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_default())
-    };
-    let money = |minor_col: &str, cur: &Option<String>| -> Result<Option<String>, StoreError> {
-        let minor: Option<i64> = row.try_get(minor_col)?;
-        Ok(
-            match (minor, cur.as_deref().and_then(|c| Currency::parse(c).ok())) {
-                (Some(m), Some(c)) => Some(Money::from_minor(m, c).to_decimal().to_string()),
-                _ => None,
-            },
-        )
-    };
-    let currency: Option<String> = row.try_get("currency")?;
-    let network_currency: Option<String> = row.try_get("network_currency")?;
-    Ok(ConversionView {
-        id: row.try_get("id")?,
-        created_at: ms("created_at")?,
-        updated_at: ms("updated_at")?,
-        source: row.try_get("source")?,
-        source_event_id: row.try_get("source_event_id")?,
-        offer_id: row.try_get("offer_id")?,
-        affiliate_id: row.try_get("affiliate_id")?,
-        goal: row.try_get("goal")?,
-        click_id: row.try_get("click_id")?,
-        transaction_id: row.try_get("transaction_id")?,
-        status: row.try_get("status")?,
-        decision: row.try_get("decision")?,
-        reasons: serde_json::from_str(&row.try_get::<String, _>("reasons")?)?,
-        amount: money("amount_minor", &currency)?,
-        fx_rate: row.try_get("fx_rate")?,
-        network_amount: money("network_amount_minor", &network_currency)?,
-        payout: money("payout_minor", &network_currency)?,
-        revenue: money("revenue_minor", &network_currency)?,
-        attributes: serde_json::from_str(&row.try_get::<String, _>("attributes")?)?,
-        currency,
-        network_currency,
-    })
+impl<'a> From<&'a mut SqliteConnection> for Conn<'a> {
+    fn from(c: &'a mut SqliteConnection) -> Self {
+        Db::Sqlite(c)
+    }
+}
+
+impl<'a> From<&'a mut PgConnection> for Conn<'a> {
+    fn from(c: &'a mut PgConnection) -> Self {
+        Db::Postgres(c)
+    }
+}
+
+/// A conversion row as stored.
+#[derive(sqlx::FromRow)]
+struct ConversionRow {
+    id: String,
+    created_at: i64,
+    updated_at: i64,
+    source: String,
+    source_event_id: Option<String>,
+    offer_id: Option<i64>,
+    affiliate_id: Option<i64>,
+    goal: Option<String>,
+    click_id: Option<String>,
+    transaction_id: Option<String>,
+    status: String,
+    decision: String,
+    reasons: String,
+    amount_minor: Option<i64>,
+    currency: Option<String>,
+    fx_rate: Option<String>,
+    network_currency: Option<String>,
+    network_amount_minor: Option<i64>,
+    payout_minor: Option<i64>,
+    revenue_minor: Option<i64>,
+    attributes: String,
+}
+
+impl ConversionRow {
+    fn into_view(self) -> Result<ConversionView, StoreError> {
+        use crate::domain::{Currency, Money};
+        let ms = |v: i64| {
+            chrono::DateTime::from_timestamp_millis(v)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default()
+        };
+        let money = |minor: Option<i64>, cur: &Option<String>| match (
+            minor,
+            cur.as_deref().and_then(|c| Currency::parse(c).ok()),
+        ) {
+            (Some(m), Some(c)) => Some(Money::from_minor(m, c).to_decimal().to_string()),
+            _ => None,
+        };
+        Ok(ConversionView {
+            amount: money(self.amount_minor, &self.currency),
+            network_amount: money(self.network_amount_minor, &self.network_currency),
+            payout: money(self.payout_minor, &self.network_currency),
+            revenue: money(self.revenue_minor, &self.network_currency),
+            id: self.id,
+            created_at: ms(self.created_at),
+            updated_at: ms(self.updated_at),
+            source: self.source,
+            source_event_id: self.source_event_id,
+            offer_id: self.offer_id,
+            affiliate_id: self.affiliate_id,
+            goal: self.goal,
+            click_id: self.click_id,
+            transaction_id: self.transaction_id,
+            status: self.status,
+            decision: self.decision,
+            reasons: serde_json::from_str(&self.reasons)?,
+            fx_rate: self.fx_rate,
+            attributes: serde_json::from_str(&self.attributes)?,
+            currency: self.currency,
+            network_currency: self.network_currency,
+        })
+    }
 }

@@ -15,11 +15,13 @@
 //! conversion on a lost click is still attributed, because the click ID carries offer,
 //! affiliate and click time.
 
-use chrono::Utc;
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
 
-use super::StoreError;
+use chrono::Utc;
+use sqlx::{Connection, PgPool, QueryBuilder, Row, SqliteConnection};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{Builder, Conn, Db, StoreError};
 use crate::attribution::{Decision, apply};
 use crate::domain::Receipt;
 
@@ -129,30 +131,102 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer on `conn`. It stops when every handle is dropped and the queue drained.
+/// Starts the writer: on SQLite one task on its own thread with the only write connection;
+/// on PostgreSQL [`super::postgres::WRITERS`] tasks sharing the queue, each committing its
+/// own batches. They stop when every handle is dropped and the queue is drained.
 pub fn spawn(
-    conn: SqliteConnection,
+    target: Db<SqliteConnection, PgPool>,
     max_batch: usize,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(max_batch * 64);
-    // The writer gets a thread and a runtime of its own: it is the one serialization point,
-    // and on the shared runtime it waited behind bursts of request handlers before answering
-    // a committed batch and starting the next one (the latency tail).
-    let task = tokio::task::spawn_blocking(move || {
-        match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime.block_on(run(conn, rx, max_batch)),
-            Err(e) => tracing::error!(error = %e, "Writer runtime could not start."),
+    let task = match target {
+        // The writer gets a thread and a runtime of its own: it is the one serialization
+        // point, and on the shared runtime it waited behind bursts of request handlers before
+        // answering a committed batch and starting the next one (the latency tail).
+        Db::Sqlite(conn) => {
+            tokio::task::spawn_blocking(move || match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(run(
+                    Target::Sqlite(conn),
+                    Arc::new(Mutex::new(rx)),
+                    max_batch,
+                )),
+                Err(e) => tracing::error!(error = %e, "Writer runtime could not start."),
+            })
         }
-    });
+        Db::Postgres(pool) => {
+            let rx = Arc::new(Mutex::new(rx));
+            let writers: Vec<_> = (0..super::postgres::WRITERS)
+                .map(|_| tokio::spawn(run(Target::Postgres(pool.clone()), rx.clone(), max_batch)))
+                .collect();
+            tokio::spawn(async move {
+                for writer in writers {
+                    if let Err(e) = writer.await {
+                        tracing::error!(error = %e, "Writer task ended abnormally.");
+                    }
+                }
+            })
+        }
+    };
     (WriterHandle { tx }, task)
 }
 
-async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
+/// Where a writer task commits.
+enum Target {
+    Sqlite(SqliteConnection),
+    Postgres(PgPool),
+}
+
+impl Target {
+    /// A whole batch, the fast way each backend allows.
+    async fn commit_batch(
+        &mut self,
+        batch: &Batch<'_>,
+        clicks: &[ClickRow],
+    ) -> Result<Vec<Receipt>, StoreError> {
+        match self {
+            Target::Sqlite(conn) => commit_fast(conn, batch, clicks).await,
+            Target::Postgres(_) => self.commit(batch, clicks).await,
+        }
+    }
+
+    /// One transaction for a batch and clicks, statement by statement.
+    async fn commit(
+        &mut self,
+        batch: &Batch<'_>,
+        clicks: &[ClickRow],
+    ) -> Result<Vec<Receipt>, StoreError> {
+        match self {
+            Target::Sqlite(conn) => {
+                // IMMEDIATE: this transaction reads before it writes, and the delivery worker
+                // writes to the same file. A deferred one would fail at once with "database
+                // is locked" when its read snapshot went stale, instead of waiting
+                // (busy_timeout) for the write lock.
+                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                let receipts = write_all(&mut Conn::from(&mut *tx), batch, clicks).await?;
+                tx.commit().await?;
+                Ok(receipts)
+            }
+            Target::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let receipts = write_all(&mut Conn::from(&mut *tx), batch, clicks).await?;
+                tx.commit().await?;
+                Ok(receipts)
+            }
+        }
+    }
+}
+
+async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_batch: usize) {
     let mut buffer = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut buffer, max_batch).await > 0 {
+    loop {
+        // One task takes a batch while the others commit theirs.
+        let received = rx.lock().await.recv_many(&mut buffer, max_batch).await;
+        if received == 0 {
+            break;
+        }
         let mut works = Vec::new();
         let mut replies = Vec::new();
         let mut clicks = Vec::new();
@@ -167,7 +241,7 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>, max_ba
         }
         let batch = Batch::of(&works);
         metrics_batch(batch.decisions.len(), clicks.len());
-        match commit_fast(&mut conn, &batch, &clicks).await {
+        match target.commit_batch(&batch, &clicks).await {
             Ok(receipts) => {
                 let mut receipts = receipts.into_iter();
                 for (reply, work) in replies.into_iter().zip(&works) {
@@ -183,8 +257,9 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>, max_ba
                     "Batch failed; retrying its items one transaction each."
                 );
                 for (work, reply) in works.iter().zip(replies) {
-                    let result =
-                        commit(&mut conn, &Batch::of(std::slice::from_ref(work)), &[]).await;
+                    let result = target
+                        .commit(&Batch::of(std::slice::from_ref(work)), &[])
+                        .await;
                     let _ = reply.send(result.map_err(|error| {
                         tracing::error!(
                             error = %error_chain(&error),
@@ -195,7 +270,7 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>, max_ba
                     }));
                 }
                 if !clicks.is_empty()
-                    && let Err(error) = commit(&mut conn, &Batch::default(), &clicks).await
+                    && let Err(error) = target.commit(&Batch::default(), &clicks).await
                 {
                     tracing::error!(
                         error = %error_chain(&error),
@@ -264,7 +339,7 @@ async fn commit_fast(
         .flat_map(|d| apply::deliveries_for_new(d))
         .collect();
 
-    let mut qb = QueryBuilder::new("BEGIN IMMEDIATE;\n");
+    let mut qb: Builder = Db::Sqlite(QueryBuilder::new("BEGIN IMMEDIATE;\n"));
     push_insert_raw(&mut qb, &batch.raws, &batch.failures, now_ms);
     apply::push_insert_conversions(&mut qb, &fresh, now_ms, true)?;
     crate::ledger::push_insert(&mut qb, &postings, now_ms, true);
@@ -272,6 +347,11 @@ async fn commit_fast(
     // conversion always has its postbacks queued, a skipped one never does.
     crate::outbound::enqueue::push_insert(&mut qb, &deliveries, now_ms);
     push_insert_clicks(&mut qb, clicks);
+    let Db::Sqlite(mut qb) = qb else {
+        return Err(StoreError::Corrupt(
+            "query built for the other backend".into(),
+        ));
+    };
     qb.push("COMMIT;");
     // `rows_affected` would not do: SQLite's changes() is not reset by BEGIN or COMMIT, so
     // the sum over statements counts the last INSERT twice. Ask for the count explicitly.
@@ -290,7 +370,13 @@ async fn commit_fast(
     let landed: Option<std::collections::HashSet<String>> = if inserted == fresh.len() as i64 {
         None // every fresh row landed
     } else {
-        Some(apply::existing_ids(conn, fresh.iter().map(|d| d.conversion_id.as_str())).await?)
+        Some(
+            apply::existing_ids(
+                &mut Conn::from(&mut *conn),
+                fresh.iter().map(|d| d.conversion_id.as_str()),
+            )
+            .await?,
+        )
     };
     let is_done = |d: &Decision| {
         apply::is_fresh(d)
@@ -307,7 +393,10 @@ async fn commit_fast(
             decisions: rest,
             ..Batch::default()
         };
-        commit(conn, &rest, &[]).await?
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let receipts = write_all(&mut Conn::from(&mut *tx), &rest, &[]).await?;
+        tx.commit().await?;
+        receipts
     }
     .into_iter();
     let mut receipts = Vec::with_capacity(decisions.len());
@@ -321,98 +410,95 @@ async fn commit_fast(
     Ok(receipts)
 }
 
-/// One transaction for a batch and clicks, statement by statement.
-async fn commit(
-    conn: &mut SqliteConnection,
+/// Writes a batch and clicks statement by statement, inside the caller's transaction.
+async fn write_all(
+    conn: &mut Conn<'_>,
     batch: &Batch<'_>,
     clicks: &[ClickRow],
 ) -> Result<Vec<Receipt>, StoreError> {
     let now = Utc::now();
-    // IMMEDIATE: this transaction reads before it writes, and the delivery worker writes
-    // to the same file. A deferred one would fail at once with "database is locked" when
-    // its read snapshot went stale, instead of waiting (busy_timeout) for the write lock.
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    if !batch.raws.is_empty() || !batch.failures.is_empty() {
-        let mut qb = QueryBuilder::new("");
-        push_insert_raw(
-            &mut qb,
-            &batch.raws,
-            &batch.failures,
-            now.timestamp_millis(),
-        );
-        qb.build().persistent(false).execute(&mut *tx).await?;
+    let now_ms = now.timestamp_millis();
+    for chunk in batch.raws.chunks(RAW_CHUNK) {
+        let mut qb = conn.builder();
+        push_insert_raw(&mut qb, chunk, &[], now_ms);
+        conn.execute(qb).await?;
+    }
+    for chunk in batch.failures.chunks(FAILURE_CHUNK) {
+        let mut qb = conn.builder();
+        push_insert_raw(&mut qb, &[], chunk, now_ms);
+        conn.execute(qb).await?;
     }
     let receipts = if batch.decisions.is_empty() {
         Vec::new()
     } else {
-        apply::apply_batch(&mut tx, &batch.decisions, now).await?
+        apply::apply_batch(conn, &batch.decisions, now).await?
     };
-    insert_clicks(&mut tx, clicks).await?;
-    tx.commit().await?;
+    for chunk in clicks.chunks(CLICK_CHUNK) {
+        let mut qb = conn.builder();
+        push_insert_clicks(&mut qb, chunk);
+        conn.execute(qb).await?;
+    }
     Ok(receipts)
 }
 
-async fn insert_clicks(conn: &mut SqliteConnection, clicks: &[ClickRow]) -> Result<(), StoreError> {
-    if clicks.is_empty() {
-        return Ok(());
-    }
-    let mut qb = QueryBuilder::new("");
-    push_insert_clicks(&mut qb, clicks);
-    qb.build().persistent(false).execute(&mut *conn).await?;
-    Ok(())
-}
+/// Raw requests per statement: bodies are up to 1 MiB each, so statements stay small.
+const RAW_CHUNK: usize = 64;
+/// Failed events per statement (8 binds each).
+const FAILURE_CHUNK: usize = 1000;
+/// Clicks per statement (12 binds each; far below both backends' bind limits).
+const CLICK_CHUNK: usize = 1000;
 
 /// Appends the inserts of raw requests and failed events, each statement ending in `;`.
 fn push_insert_raw(
-    qb: &mut QueryBuilder<Sqlite>,
+    qb: &mut Builder,
     raws: &[&RawRecord],
     failures: &[&FailureRecord],
     now_ms: i64,
 ) {
-    // Bodies are up to 1 MiB each: a few rows per statement keeps statements small.
-    for chunk in raws.chunks(64) {
-        qb.push(
-            "INSERT INTO raw_requests (id, connector, received_at, method, path, headers, body,
-                body_size, events) ",
-        );
-        qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.id.clone())
-                .push_bind(r.connector.clone())
-                .push_bind(r.received_at_ms)
-                .push_bind(r.method.clone())
-                .push_bind(r.path.clone())
-                .push_bind(r.headers_json.clone())
-                // Webhook JSON compresses 3-5x; every stored byte is written twice (WAL, then
-                // the checkpoint), so this is most of a raw request's cost. Lossless.
-                .push_bind(lz4_flex::compress_prepend_size(&r.body))
-                .push_bind(r.body.len() as i64)
-                .push_bind(r.events);
-        });
-        qb.push(";\n");
-    }
-    for chunk in failures.chunks(1000) {
-        qb.push(
-            "INSERT INTO ingest_failures (id, raw_request_id, connector, event_type, event_id,
-                code, message, created_at) ",
-        );
-        qb.push_values(chunk, |mut b, f| {
-            b.push_bind(f.id.clone())
-                .push_bind(f.raw_request_id.clone())
-                .push_bind(f.connector.clone())
-                .push_bind(f.event_type.clone())
-                .push_bind(f.event_id.clone())
-                .push_bind(f.code.clone())
-                .push_bind(f.message.clone())
-                .push_bind(now_ms);
-        });
-        qb.push(";\n");
-    }
+    crate::db!(qb, qb => {
+        for chunk in raws.chunks(RAW_CHUNK) {
+            qb.push(
+                "INSERT INTO raw_requests (id, connector, received_at, method, path, headers, body,
+                    body_size, events) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.id.clone())
+                    .push_bind(r.connector.clone())
+                    .push_bind(r.received_at_ms)
+                    .push_bind(r.method.clone())
+                    .push_bind(r.path.clone())
+                    .push_bind(r.headers_json.clone())
+                    // Webhook JSON compresses 3-5x; every stored byte is written twice (WAL,
+                    // then the checkpoint), so this is most of a raw request's cost. Lossless.
+                    .push_bind(lz4_flex::compress_prepend_size(&r.body))
+                    .push_bind(r.body.len() as i64)
+                    .push_bind(r.events);
+            });
+            qb.push(";\n");
+        }
+        for chunk in failures.chunks(FAILURE_CHUNK) {
+            qb.push(
+                "INSERT INTO ingest_failures (id, raw_request_id, connector, event_type, event_id,
+                    code, message, created_at) ",
+            );
+            qb.push_values(chunk, |mut b, f| {
+                b.push_bind(f.id.clone())
+                    .push_bind(f.raw_request_id.clone())
+                    .push_bind(f.connector.clone())
+                    .push_bind(f.event_type.clone())
+                    .push_bind(f.event_id.clone())
+                    .push_bind(f.code.clone())
+                    .push_bind(f.message.clone())
+                    .push_bind(now_ms);
+            });
+            qb.push(";\n");
+        }
+    })
 }
 
 /// Appends `INSERT INTO clicks` statements, each ending in `;`.
-fn push_insert_clicks(qb: &mut QueryBuilder<Sqlite>, clicks: &[ClickRow]) {
-    // 12 binds a row; 1 000 rows stay far below SQLite's bind limit.
-    for chunk in clicks.chunks(1000) {
+fn push_insert_clicks(qb: &mut Builder, clicks: &[ClickRow]) {
+    crate::db!(qb, qb => for chunk in clicks.chunks(CLICK_CHUNK) {
         qb.push(
             "INSERT INTO clicks (click_id, offer_id, affiliate_id, sub1, sub2, sub3, sub4, sub5,
                 ip, user_agent, referrer, clicked_at) ",
@@ -431,7 +517,7 @@ fn push_insert_clicks(qb: &mut QueryBuilder<Sqlite>, clicks: &[ClickRow]) {
         });
         // A click ID is 128 random bits; a collision means a replayed row, not a new click.
         qb.push(" ON CONFLICT DO NOTHING;\n");
-    }
+    })
 }
 
 fn metrics_batch(conversions: usize, clicks: usize) {

@@ -44,16 +44,14 @@ async fn a_click_redirects_to_the_offer_with_a_verifiable_click_id_and_is_record
         .admin_get(&format!("/api/v1/conversions?click_id={click_id}"))
         .await;
     assert_eq!(body["conversions"].as_array().map(Vec::len), Some(0));
-    let db = app.dir.path().join("postgate.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("db");
-    let row: (String, String) =
+    let pool = app.pool().await;
+    let row: (String, String) = postgate::db!(&pool, p => {
         sqlx::query_as("SELECT click_id, sub1 FROM clicks WHERE click_id = $1")
             .bind(click_id.as_ref())
-            .fetch_one(&pool)
+            .fetch_one(p)
             .await
-            .expect("click row");
+            .expect("click row")
+    });
     assert_eq!(row.1, "a b");
 }
 

@@ -4,10 +4,11 @@ use crate::helpers::{ACME_TOKEN, CLICK_KEY_B64, TEST_CONFIG, key_ring};
 
 /// Starts `postgate serve` on `db`; returns the child and its port.
 fn start(config: &std::path::Path, db: &std::path::Path) -> (std::process::Child, String) {
+    let url: std::ffi::OsString = crate::support::database_url(db).into();
     crate::support::start_binary(
         config,
         [
-            ("TEST_DB", db.as_os_str()),
+            ("TEST_DB_URL", url.as_os_str()),
             (
                 "SHOPIFY_WEBHOOK_SECRET",
                 "test-shopify-secret-0123456789".as_ref(),

@@ -17,7 +17,7 @@ pub const CLICK_KEY_B64: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 pub const TEST_CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:0"
-database_url = "sqlite://${TEST_DB}"
+database_url = "${TEST_DB_URL}"
 admin_token = "test-admin-token"
 
 [network]
@@ -150,9 +150,9 @@ pub const SALESFORCE_TOKEN: &str = "sf-token-0123456789abcdef";
 pub const SALESFORCE_ORG: &str = "0123456789ABCDENNN";
 
 pub fn settings_for(db: &Path) -> Settings {
-    let db = db.display().to_string();
+    let url = crate::support::database_url(db);
     let mut settings = Settings::from_toml(Path::new("test.toml"), TEST_CONFIG, &move |name| {
-        (name == "TEST_DB").then(|| db.clone())
+        (name == "TEST_DB_URL").then(|| url.clone())
     })
     .expect("test config is valid");
     settings.hooks.env = postgate::connector::Env::Fixed(

@@ -178,15 +178,13 @@ async fn an_unmapped_shopify_topic_is_recorded_and_answered_so_shopify_stops_ret
     assert_eq!(count(&app, "SELECT COUNT(*) FROM raw_requests").await, 1);
 
     // The raw request is kept byte for byte (compressed at rest), without credentials.
-    let db = app.dir.path().join("postgate.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("db");
-    let (stored, size, path, headers): (Vec<u8>, i64, String, String) =
+    let pool = app.pool().await;
+    let (stored, size, path, headers): (Vec<u8>, i64, String, String) = postgate::db!(&pool, p => {
         sqlx::query_as("SELECT body, body_size, path, headers FROM raw_requests")
-            .fetch_one(&pool)
+            .fetch_one(p)
             .await
-            .expect("raw request");
+            .expect("raw request")
+    });
     let original = fixture("shopify/orders_create.shopify-dev-2026-07.json");
     assert_eq!(
         lz4_flex::decompress_size_prepended(&stored).expect("lz4"),
@@ -198,14 +196,13 @@ async fn an_unmapped_shopify_topic_is_recorded_and_answered_so_shopify_stops_ret
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
-    let db = app.dir.path().join("postgate.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("db");
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(&pool)
-        .await
-        .expect("count")
+    let pool = app.pool().await;
+    postgate::db!(&pool, p => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(p)
+            .await
+            .expect("count")
+    })
 }
 
 #[tokio::test]

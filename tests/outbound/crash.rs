@@ -11,10 +11,11 @@ use crate::harness::{ACME_TOKEN, ADMIN_TOKEN, CONFIG, Receiver, SHOPIFY_SECRET};
 
 /// Starts the real binary on `db`, delivering to `receiver`.
 fn start(config: &Path, db: &Path, receiver: &Receiver) -> (Child, String) {
+    let url: std::ffi::OsString = crate::support::database_url(db).into();
     crate::support::start_binary(
         config,
         [
-            ("TEST_DB", db.as_os_str()),
+            ("TEST_DB_URL", url.as_os_str()),
             ("RECEIVER", receiver.base.as_ref()),
             ("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET.as_ref()),
         ],

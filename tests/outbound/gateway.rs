@@ -268,7 +268,7 @@ async fn the_cli_replays_dead_letters_by_affiliate_and_time() {
             "--since",
             "2020-01-01T00:00:00Z",
         ])
-        .env("TEST_DB", &db)
+        .env("TEST_DB_URL", crate::support::database_url(&db))
         .env("RECEIVER", &receiver.base)
         .env("NO_COLOR", "1")
         .output()

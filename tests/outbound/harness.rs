@@ -24,7 +24,7 @@ pub const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:0"
-database_url = "sqlite://${TEST_DB}"
+database_url = "${TEST_DB_URL}"
 admin_token = "test-admin-token"
 
 [network]
@@ -252,14 +252,14 @@ pub use crate::support::{TestApp, spawn_with};
 pub const SHOPIFY_SECRET: &str = "test-shopify-secret-0123456789";
 
 pub fn settings_for(db: &Path, receiver: &Receiver) -> Settings {
-    let db = db.display().to_string();
+    let db = crate::support::database_url(db);
     let base = receiver.base.clone();
     let mut settings =
         Settings::from_toml(
             Path::new("outbound-test.toml"),
             CONFIG,
             &move |name| match name {
-                "TEST_DB" => Some(db.clone()),
+                "TEST_DB_URL" => Some(db.clone()),
                 "RECEIVER" => Some(base.clone()),
                 _ => None,
             },

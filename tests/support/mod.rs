@@ -17,6 +17,7 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
+    pub database_url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -44,12 +45,18 @@ pub async fn spawn_with(dir: tempfile::TempDir, settings: Settings) -> TestApp {
         address,
         client,
         dir,
+        database_url: settings.server.database_url.clone(),
         stop: Some(stop),
         task: Some(task),
     }
 }
 
 impl TestApp {
+    /// A pool on this gateway's database, for assertions on stored rows.
+    pub async fn pool(&self) -> postgate::store::Pool {
+        open_pool(&self.database_url).await
+    }
+
     /// Stops gracefully (writer drained, worker stopped); returns the database directory
     /// for a restart.
     pub async fn stop(mut self) -> tempfile::TempDir {
@@ -89,4 +96,57 @@ pub fn start_binary<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     };
     std::thread::spawn(move || for _ in lines {});
     (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// Set to a PostgreSQL server URL (e.g. `postgres://postgres@127.0.0.1:5432/test`) to run
+/// the suites against PostgreSQL instead of SQLite: every test then gets a database of its
+/// own on that server, created fresh.
+pub const POSTGRES_ENV: &str = "POSTGATE_TEST_POSTGRES_URL";
+
+/// The database URL for a test whose SQLite file would be `db`. Under [`POSTGRES_ENV`], a
+/// fresh PostgreSQL database instead, remembered next to `db` so that a restarted gateway
+/// finds the same one.
+pub fn database_url(db: &Path) -> String {
+    let Ok(server) = std::env::var(POSTGRES_ENV) else {
+        return format!("sqlite://{}", db.display());
+    };
+    let marker = db.with_extension("pgurl");
+    if let Ok(url) = std::fs::read_to_string(&marker) {
+        return url;
+    }
+    let name = format!("postgate_test_{}", uuid::Uuid::now_v7().simple());
+    let create = format!("CREATE DATABASE {name}");
+    let admin = server.clone();
+    // Its own thread and runtime: callers may be sync or inside a runtime.
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                use sqlx::Connection as _;
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={admin}: cannot connect: {e}"));
+                sqlx::query(sqlx::AssertSqlSafe(create))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+            });
+    })
+    .join()
+    .expect("create test database");
+    let mut url = reqwest::Url::parse(&server).expect("postgres URL");
+    url.set_path(&name);
+    let url = url.to_string();
+    std::fs::write(&marker, &url).expect("remember test database");
+    url
+}
+
+/// A pool on the test's database, for assertions on stored rows (either backend; use
+/// `postgate::db!` to run a query on it).
+pub async fn open_pool(url: &str) -> postgate::store::Pool {
+    postgate::store::worker_pool(url, 2)
+        .await
+        .expect("test database")
 }

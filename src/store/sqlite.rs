@@ -1,0 +1,139 @@
+//! The SQLite backend: one file in WAL mode, one writer connection, readers beside it.
+//!
+//! Everything acknowledged is committed with `synchronous=FULL`. apalis' tables live in the
+//! same file, so the writer enqueues a conversion's deliveries in the conversion's own
+//! transaction.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, SqliteConnection};
+
+use super::{Db, Opened, StoreError};
+
+fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: the WAL is fsync'd at every commit, so an acknowledged write survives power
+        // loss, not just a process crash.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true)
+        .log_statements(tracing::log::LevelFilter::Trace);
+    if let Some(parent) = Path::new(options.get_filename()).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|source| StoreError::Directory {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(options)
+}
+
+/// Opens (creating if needed) and migrates the database.
+pub async fn open(url: &str) -> Result<Opened, StoreError> {
+    let options = connect_options(url)?;
+    let mut writer = options
+        .clone()
+        // The hot indexes stay in memory; 64 MiB is small next to what a gateway host has.
+        .pragma("cache_size", "-65536")
+        // Checkpoints run on their own connection (see `checkpoint_loop`); this only bounds
+        // the WAL if that loop ever falls behind.
+        .pragma("wal_autocheckpoint", "16384")
+        // A multi-row INSERT keeps a statement journal so it can roll itself back; in memory,
+        // not in a temp file written on every batch.
+        .pragma("temp_store", "memory")
+        // Multi-row inserts differ in text per batch size; keep them all prepared.
+        .statement_cache_capacity(2048)
+        .connect()
+        .await?;
+    sqlx::migrate!("./migrations/sqlite")
+        .run(&mut writer)
+        .await?;
+    apalis_schema(&mut writer).await?;
+    let checkpointer = options.clone().connect().await?;
+    let read = SqlitePoolOptions::new()
+        .max_connections(4)
+        .min_connections(1)
+        .connect_with(options.read_only(true))
+        .await?;
+    Ok(Opened {
+        writer: Db::Sqlite(writer),
+        read: Db::Sqlite(read),
+        checkpointer: Some(checkpointer),
+    })
+}
+
+/// apalis' tables (`Jobs`, `Workers`) in the same file, so the writer can enqueue a
+/// conversion's deliveries in the conversion's own transaction.
+///
+/// Only apalis' migrator runs, never `SqliteStorage::setup`: that sets `synchronous=OFF` on
+/// whatever connection it gets. Its migrations keep their own bookkeeping table — sharing
+/// `_sqlx_migrations` would make ours fail with `VersionMissing`. The name must never change.
+///
+/// Then the planner gets statistics saying `lock_by` is unselective: without them apalis'
+/// lock and ack statements scan every pending or finished job, and a backlog of 100 k drains
+/// at under 100 jobs/s instead of thousands (measured in the pg-outbound research crate).
+async fn apalis_schema(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let mut migrator = apalis_sqlite::SqliteStorage::<()>::migrations();
+    migrator.dangerous_set_table_name("_apalis_migrations");
+    migrator.run(&mut *conn).await?;
+    sqlx::query("ANALYZE Jobs").execute(&mut *conn).await?;
+    // Connections opened after this (readers, the worker's pool) load these statistics.
+    sqlx::query(
+        "DELETE FROM sqlite_stat1 WHERE tbl = 'Jobs' AND idx = 'LIdx';
+         INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('Jobs', 'LIdx', '1000000 500000');",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("ANALYZE sqlite_schema")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// A small writable pool (admin actions on deliveries, the CLI). Its writes are short
+/// transactions that wait for the group-commit writer via busy_timeout; `synchronous=FULL`.
+pub async fn worker_pool(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(connect_options(url)?)
+        .await?)
+}
+
+/// The delivery worker's pool: like [`worker_pool`] but with `synchronous=NORMAL`, which
+/// saves the fsync of each attempt record and apalis ack (about half the worker's cost).
+///
+/// Safe because nothing the worker writes is acknowledged to anyone and every loss is
+/// recoverable: in WAL mode a power loss drops only a suffix of commits, so a lost attempt
+/// record loses its job's ack too and the job re-runs (one more HTTP attempt; receivers
+/// dedupe on the stable webhook-id), and a lost retry loses the ack of the attempt that
+/// pushed it. The jobs themselves were committed with FULL by the writer.
+pub async fn delivery_pool(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(connect_options(url)?.synchronous(SqliteSynchronous::Normal))
+        .await?)
+}
+
+/// Copies committed WAL frames into the database file every `every`, off the writer's path.
+/// PASSIVE never blocks the writer or readers; it does what it can and tries again.
+pub async fn checkpoint_loop(mut conn: SqliteConnection, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %super::writer::error_chain(&e), "WAL checkpoint failed.");
+        }
+    }
+}
