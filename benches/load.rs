@@ -12,6 +12,12 @@
 //! * `shopify`  — postgate `POST /hooks/shopify`: a real orders/paid payload (~6 KB), HMAC-signed,
 //!   verified, mapped, attributed, ledgered and stored raw, each a new conversion.
 //!
+//! With `--postgres URL` (a server; fresh databases are created on it), also:
+//!
+//! * `pg-tx`       — an axum handler doing one INSERT per request through a pool of 16 on
+//!   PostgreSQL (synchronous commit): the baseline the PostgreSQL issue names (~7k/s);
+//! * `postback-pg`, `shopify-pg`, `click-pg` — the postgate scenarios on PostgreSQL.
+//!
 //! Rounds are interleaved (every scenario once per round) and the median round is reported,
 //! so the baselines and postgate see the same machine noise. Ratios compare medians.
 
@@ -37,13 +43,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ROLE_ENV: &str = "POSTGATE_BENCH_ROLE";
 const DIR_ENV: &str = "POSTGATE_BENCH_DIR";
+/// The database URL a postgate child uses (default: SQLite in the bench directory).
+const DB_URL_ENV: &str = "POSTGATE_BENCH_DB_URL";
+/// The PostgreSQL database the bare server's `pg-tx` route writes to.
+const BARE_PG_ENV: &str = "POSTGATE_BENCH_BARE_PG";
 const TOKEN: &str = "bench-advertiser-token";
 const CLICK_KEY: &str = "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktMDE=";
 
 const BENCH_CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:0"
-database_url = "sqlite://${BENCH_DB}"
+database_url = "${BENCH_DB}"
 admin_token = "bench-admin-token"
 
 [click_ids]
@@ -85,7 +95,8 @@ const SHOPIFY_ORDER: &str =
     include_str!("../tests/fixtures/derived/shopify_orders_paid.note_attribute_click_id.json");
 
 fn usage() -> &'static str {
-    "cargo bench --bench load -- [--seconds N] [--rounds N] [--concurrency N] [--only a,b]"
+    "cargo bench --bench load -- [--seconds N] [--rounds N] [--concurrency N] [--only a,b] \
+     [--postgres postgres://user@host:port/db]"
 }
 
 struct Options {
@@ -93,6 +104,7 @@ struct Options {
     rounds: usize,
     concurrency: usize,
     only: Option<Vec<String>>,
+    postgres: Option<String>,
 }
 
 fn options() -> Options {
@@ -101,6 +113,7 @@ fn options() -> Options {
         rounds: 3,
         concurrency: 64,
         only: None,
+        postgres: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -111,6 +124,7 @@ fn options() -> Options {
             "--rounds" => o.rounds = value.parse().unwrap_or(o.rounds),
             "--concurrency" => o.concurrency = value.parse().unwrap_or(o.concurrency),
             "--only" => o.only = Some(value.split(',').map(str::to_owned).collect()),
+            "--postgres" => o.postgres = Some(value),
             // cargo bench passes --bench; ignore it and anything unknown.
             "--help" | "-h" => {
                 println!("{}", usage());
@@ -193,7 +207,32 @@ fn serve_bare() {
             .await
             .expect("pool");
 
-        let app = Router::new()
+        let mut app = Router::new();
+        if let Ok(url) = std::env::var(BARE_PG_ENV) {
+            let pg = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(16)
+                .connect(&url)
+                .await
+                .expect("postgres");
+            sqlx::query("CREATE TABLE IF NOT EXISTS events (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL, at BIGINT NOT NULL)")
+                .execute(&pg)
+                .await
+                .expect("table");
+            app = app.route(
+                "/pg-tx",
+                get(move || {
+                    let pg = pg.clone();
+                    async move {
+                        let _ = sqlx::query("INSERT INTO events (body, at) VALUES ($1, 0)")
+                            .bind("event")
+                            .execute(&pg)
+                            .await;
+                        "ok"
+                    }
+                }),
+            );
+        }
+        let app = app
             .route("/", get(|| async { "ok" }))
             .route(
                 "/gc",
@@ -228,7 +267,9 @@ fn serve_bare() {
 
 fn serve_postgate() {
     let dir = std::env::var(DIR_ENV).expect("bench dir");
-    let db = Path::new(&dir).join("postgate.db").display().to_string();
+    let db = std::env::var(DB_URL_ENV).unwrap_or_else(|_| {
+        format!("sqlite://{}", Path::new(&dir).join("postgate.db").display())
+    });
     let settings = postgate::config::Settings::from_toml(
         Path::new("bench.toml"),
         BENCH_CONFIG,
@@ -256,11 +297,12 @@ impl Drop for Server {
     }
 }
 
-async fn start(role: &str, dir: &Path) -> Server {
+async fn start(role: &str, dir: &Path, env: &[(&str, &str)]) -> Server {
     let exe = std::env::current_exe().expect("exe");
     let mut child = Command::new(exe)
         .env(ROLE_ENV, role)
         .env(DIR_ENV, dir)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .env("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET)
         .stdout(Stdio::piped())
@@ -451,6 +493,22 @@ fn bench_keys() -> Arc<postgate::domain::ClickKeyRing> {
     Arc::new(postgate::domain::ClickKeyRing::new(1, [(1, key)]).expect("ring"))
 }
 
+/// Creates an empty database on the PostgreSQL server `server`; returns its URL.
+async fn fresh_postgres(server: &str, what: &str) -> String {
+    use sqlx::Connection as _;
+    let name = format!("postgate_bench_{what}_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(server)
+        .await
+        .unwrap_or_else(|e| panic!("--postgres {server}: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create bench database");
+    let mut url = url::Url::parse(server).expect("postgres URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -460,17 +518,41 @@ fn drive() {
     let o = options();
     let dir = tempfile::tempdir().expect("temp dir");
     runtime().block_on(async move {
-        let bare = start("bare", dir.path()).await;
-        let gate = start("postgate", dir.path()).await;
-        let scenarios: Vec<(&str, SocketAddr, Kind)> = vec![
+        let pg = match &o.postgres {
+            Some(server) => Some((
+                fresh_postgres(server, "bare").await,
+                fresh_postgres(server, "gate").await,
+            )),
+            None => None,
+        };
+        let bare_env: Vec<(&str, &str)> = pg
+            .as_ref()
+            .map(|(bare, _)| vec![(BARE_PG_ENV, bare.as_str())])
+            .unwrap_or_default();
+        let bare = start("bare", dir.path(), &bare_env).await;
+        let gate = start("postgate", dir.path(), &[]).await;
+        let gate_pg = match &pg {
+            Some((_, gate)) => Some(start("postgate", dir.path(), &[(DB_URL_ENV, gate)]).await),
+            None => None,
+        };
+        let mut scenarios: Vec<(&str, SocketAddr, Kind)> = vec![
             ("bare", bare.addr, Kind::Path("/")),
             ("bare-gc", bare.addr, Kind::Path("/gc")),
             ("bare-tx", bare.addr, Kind::Path("/tx")),
             ("click", gate.addr, Kind::Click),
             ("postback", gate.addr, Kind::Postback),
             ("shopify", gate.addr, Kind::Shopify),
-        ]
-        .into_iter()
+        ];
+        if let Some(g) = &gate_pg {
+            scenarios.extend([
+                ("pg-tx", bare.addr, Kind::Path("/pg-tx")),
+                ("click-pg", g.addr, Kind::Click),
+                ("postback-pg", g.addr, Kind::Postback),
+                ("shopify-pg", g.addr, Kind::Shopify),
+            ]);
+        }
+        let scenarios: Vec<(&str, SocketAddr, Kind)> = scenarios
+            .into_iter()
         .filter(|(name, _, _)| o.only.as_ref().is_none_or(|only| only.iter().any(|n| n == name)))
         .collect();
 
@@ -520,7 +602,13 @@ fn drive() {
         println!("  postback / bare-gc    {}  (target >= 0.6)", ratio("postback", "bare-gc"));
         println!("  shopify / bare-gc     {}  (target >= 0.4)", ratio("shopify", "bare-gc"));
         println!("  bare-gc / bare-tx     {}  (group commit vs fsync per request)", ratio("bare-gc", "bare-tx"));
+        if gate_pg.is_some() {
+            println!("  postback-pg / pg-tx   {}  (target >= 1.5)", ratio("postback-pg", "pg-tx"));
+            println!("  shopify-pg / pg-tx    {}", ratio("shopify-pg", "pg-tx"));
+            println!("  postback-pg / postback {}  (PostgreSQL vs SQLite)", ratio("postback-pg", "postback"));
+        }
         drop(bare);
         drop(gate);
+        drop(gate_pg);
     });
 }
