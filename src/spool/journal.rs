@@ -37,7 +37,7 @@ const DEAD_FILE: &str = "dead.log";
 
 /// One record of a segment.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Record {
     /// A verified request waiting for the database.
     Entry(Entry),
@@ -354,9 +354,9 @@ impl Journal {
         let Some((seq, file, len)) = self.active.as_mut() else {
             return Err(io::Error::other("no active segment"));
         };
-        let result =
-            file.write_all(bytes)
-                .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        let result = file
+            .write_all(bytes)
+            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
         match result {
             Ok(()) => {
                 *len += bytes.len() as u64;

@@ -46,8 +46,10 @@ pub struct Entry {
 }
 
 /// What a replay needs to run the pipeline after verification.
+// Externally tagged: an internally tagged enum buffers its content, and the canonical
+// postback's optional decimal does not deserialize from that buffer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum SpooledRequest {
     /// An S2S postback whose token and address were checked.
     Postback {

@@ -298,3 +298,22 @@ async fn the_drainer_backs_off_while_down_then_replays_everything_once_in_order(
     task.await.expect("drainer stops");
     assert!(segments(dir.path()).is_empty());
 }
+
+#[test]
+fn a_postback_without_optional_fields_round_trips() {
+    let mut request = postback(1);
+    if let SpooledRequest::Postback { postback, .. } = &mut request {
+        postback.amount = None;
+        postback.event = None;
+        postback.currency = None;
+    }
+    let e = Entry {
+        id: "x".into(),
+        received_at: Utc::now(),
+        request,
+    };
+    let json = serde_json::to_vec(&journal::Record::Entry(e.clone())).expect("json");
+    let back: journal::Record = serde_json::from_slice(&json)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&json)));
+    assert!(matches!(back, journal::Record::Entry(b) if b == e));
+}
