@@ -648,6 +648,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_spooled_webhook_keeps_its_data_but_not_its_token() {
+        let text = include_str!("../connectors/adjust.toml")
+            .replace("${ADJUST_TOKEN}", "adjust-secret-0123456789");
+        let connector = Connector::from_toml(
+            "adjust",
+            std::path::Path::new("adjust.toml"),
+            &text,
+            &crate::connector::LoadOptions::default(),
+        )
+        .expect("connector");
+        let raw = RawRequest {
+            method: "GET".into(),
+            path_and_query: "/hooks/adjust?token=adjust-secret-0123456789&activity_kind=event&adid=a%201&created_at=9"
+                .into(),
+            headers: vec![
+                ("Authorization".into(), "Bearer x".into()),
+                ("user-agent".into(), "adjust".into()),
+            ],
+            body: bytes::Bytes::new(),
+            peer_ip: None,
+            received_at: Utc::now(),
+        };
+        let SpooledRequest::Hook {
+            path_and_query,
+            headers,
+            ..
+        } = spooled_hook("adjust", &connector, &raw)
+        else {
+            panic!("a hook entry");
+        };
+        assert_eq!(
+            path_and_query,
+            "/hooks/adjust?activity_kind=event&adid=a+1&created_at=9"
+        );
+        assert_eq!(headers, [("user-agent".to_owned(), "adjust".to_owned())]);
+        // What is left still decodes to the same event.
+        let replayed = RawRequest {
+            path_and_query,
+            headers,
+            ..raw.clone()
+        };
+        let events = connector
+            .decode(connector.parse_unverified(&replayed).expect("parse"))
+            .expect("decode");
+        assert_eq!(events[0].event_type(), "event");
+        assert_eq!(events[0].event_id(), "a 1:9:event");
+    }
+
+    #[test]
     fn landing_urls_get_encoded_values_for_every_token() {
         let subs = [
             Some("a b&c=d".to_owned()),

@@ -3,7 +3,8 @@
 //! While the database is down there is one probe at a time — the oldest due entry — and
 //! the pause after each failed probe doubles from 1 s to `max_backoff` (±20 % jitter).
 //! Appends wake an idle drainer but never cut such a pause short, so a burst of spooled
-//! requests during an outage cannot turn into a hot loop. An entry the pipeline refuses
+//! requests during an outage cannot turn into a hot loop; a request whose write succeeded
+//! does, since the database is evidently back. An entry the pipeline refuses
 //! for another reason (e.g. its connector was removed from the configuration) waits on its
 //! own backoff while the entries behind it go on.
 
@@ -37,7 +38,7 @@ pub enum ReplayError {
 /// What the drainer should do next.
 #[derive(Debug)]
 pub(crate) enum Next {
-    Due(u64, Entry),
+    Due(u64, Box<Entry>),
     At(DateTime<Utc>),
     Empty,
 }
@@ -58,7 +59,7 @@ impl Spool {
         for (order, p) in &journal.pending {
             match p.not_before {
                 Some(t) if t > now => earliest = Some(earliest.map_or(t, |e| e.min(t))),
-                _ => return Next::Due(*order, p.entry.clone()),
+                _ => return Next::Due(*order, Box::new(p.entry.clone())),
             }
         }
         earliest.map_or(Next::Empty, Next::At)
@@ -155,6 +156,7 @@ pub async fn run<R: Replay>(spool: Spool, replay: R, mut stop: oneshot::Receiver
                         );
                         tokio::select! {
                             () = tokio::time::sleep(wait) => {}
+                            () = spool.inner.recovered.notified() => {}
                             _ = &mut stop => return,
                         }
                     } else {

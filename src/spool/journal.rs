@@ -40,7 +40,7 @@ const DEAD_FILE: &str = "dead.log";
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Record {
     /// A verified request waiting for the database.
-    Entry(Entry),
+    Entry(Box<Entry>),
     /// The entry was replayed into the pipeline (accepted, duplicate or rejected).
     Done { id: String },
 }
@@ -139,12 +139,25 @@ pub(crate) struct Journal {
     next_order: u64,
     dead: Option<File>,
     pub dead_count: usize,
+    /// Held (locked) while open: two processes appending to one spool would interleave.
+    _lock: File,
 }
 
 impl Journal {
     /// Opens (creating) `dir` and reads every segment and `dead.log`.
     pub fn open(dir: &Path) -> io::Result<Journal> {
         std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => {
+                io::Error::other("in use by another process; give each gateway its own [spool] dir")
+            }
+            std::fs::TryLockError::Error(e) => e,
+        })?;
         let mut seqs: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)
             .filter_map(|e| {
@@ -200,6 +213,7 @@ impl Journal {
             next_order: 0,
             dead: None,
             dead_count: dead_ids.len(),
+            _lock: lock,
         };
         let mut done = HashSet::new();
         let mut entries = Vec::new();
@@ -213,7 +227,7 @@ impl Journal {
             }
             for p in payloads {
                 match serde_json::from_slice::<Record>(p) {
-                    Ok(Record::Entry(e)) => entries.push((seq, e)),
+                    Ok(Record::Entry(e)) => entries.push((seq, *e)),
                     Ok(Record::Done { id }) => {
                         done.insert(id);
                     }
@@ -262,7 +276,9 @@ impl Journal {
 
     /// Appends `entry` and fsyncs it; only then is it pending. Returns its order.
     pub fn append(&mut self, entry: Entry) -> io::Result<u64> {
-        let bytes = frame(&serde_json::to_vec(&Record::Entry(entry.clone()))?);
+        let bytes = frame(&serde_json::to_vec(&Record::Entry(Box::new(
+            entry.clone(),
+        )))?);
         let seq = self.write(&bytes, true)?;
         if let Some(s) = self.segments.get_mut(&seq) {
             s.live += 1;

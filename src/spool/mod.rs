@@ -129,6 +129,8 @@ struct Inner {
     max_backoff: std::time::Duration,
     /// Wakes an idle drainer when something is appended.
     wake: tokio::sync::Notify,
+    /// Ends a drainer's outage pause when a request's write succeeded.
+    recovered: tokio::sync::Notify,
     /// The last write to the database failed and no write has succeeded since.
     database_down: AtomicBool,
     writable: AtomicBool,
@@ -158,6 +160,7 @@ impl Spool {
                     .unwrap_or(chrono::Duration::hours(72)),
                 max_backoff: settings.max_backoff,
                 wake: tokio::sync::Notify::new(),
+                recovered: tokio::sync::Notify::new(),
                 database_down: AtomicBool::new(false),
                 writable: AtomicBool::new(true),
                 spooled: AtomicU64::new(0),
@@ -205,9 +208,12 @@ impl Spool {
         }
     }
 
-    /// A write to the database succeeded.
+    /// A write to the database succeeded: the outage is over, and a drainer pausing on
+    /// its backoff need not wait for it to end.
     pub fn database_ok(&self) {
-        self.inner.database_down.store(false, Ordering::Relaxed);
+        if self.inner.database_down.swap(false, Ordering::Relaxed) {
+            self.inner.recovered.notify_waiters();
+        }
     }
 
     /// Whether the last write to the database failed (and none succeeded since).

@@ -163,6 +163,18 @@ fn a_crc_mismatch_in_the_middle_is_detected_and_the_file_is_kept() {
 }
 
 #[test]
+fn a_spool_directory_is_used_by_one_process_at_a_time() {
+    let dir = tempfile::tempdir().expect("dir");
+    let first = Journal::open(dir.path()).expect("open");
+    let err = Journal::open(dir.path())
+        .err()
+        .expect("second open refused");
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(first);
+    Journal::open(dir.path()).expect("free again");
+}
+
+#[test]
 fn done_marks_survive_a_reopen_and_drained_segments_are_deleted() {
     let dir = tempfile::tempdir().expect("dir");
     let now = Utc::now();
@@ -312,8 +324,8 @@ fn a_postback_without_optional_fields_round_trips() {
         received_at: Utc::now(),
         request,
     };
-    let json = serde_json::to_vec(&journal::Record::Entry(e.clone())).expect("json");
+    let json = serde_json::to_vec(&journal::Record::Entry(Box::new(e.clone()))).expect("json");
     let back: journal::Record = serde_json::from_slice(&json)
         .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&json)));
-    assert!(matches!(back, journal::Record::Entry(b) if b == e));
+    assert!(matches!(back, journal::Record::Entry(b) if *b == e));
 }
