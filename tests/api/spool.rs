@@ -211,3 +211,50 @@ async fn a_spooled_postback_survives_a_restart_and_is_replayed_by_the_next_run()
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["transaction_id"], "T-restart");
 }
+
+#[tokio::test]
+async fn a_replay_is_judged_as_of_when_the_request_arrived_not_when_it_is_replayed() {
+    use chrono::{Duration as Days, Utc};
+    use postgate::domain::{CanonicalPostback, Status};
+    use postgate::spool::{Spool, SpooledRequest};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let settings = crate::helpers::settings_for(&dir.path().join("postgate.db"));
+    // Clicked 31 days ago, converted a day later, within the 30-day window; spooled then
+    // and replayed only now, when the click would have expired.
+    let clicked = Utc::now() - Days::days(31);
+    let click = crate::helpers::key_ring()
+        .issue(1, 1, clicked)
+        .expect("issue")
+        .as_str()
+        .to_owned();
+    let spool = Spool::open(&settings.spool).expect("spool");
+    spool
+        .append(
+            clicked + Days::days(1),
+            SpooledRequest::Postback {
+                advertiser: "acme".into(),
+                postback: CanonicalPostback {
+                    source: "postback".into(),
+                    source_event_id: None,
+                    event: None,
+                    click_id: Some(click.clone()),
+                    transaction_id: Some("T-late".into()),
+                    status: Status::Approved,
+                    amount: None,
+                    currency: None,
+                    occurred_at: None,
+                    attributes: Default::default(),
+                },
+            },
+        )
+        .await
+        .expect("append");
+    drop(spool);
+
+    let app = crate::support::spawn_with(dir, settings).await;
+    drained(&app).await;
+    let list = conversions_of(&app, &click).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["decision"], "accepted", "{}", list[0]);
+}
