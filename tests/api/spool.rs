@@ -258,3 +258,22 @@ async fn a_replay_is_judged_as_of_when_the_request_arrived_not_when_it_is_replay
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["decision"], "accepted", "{}", list[0]);
 }
+
+#[tokio::test]
+async fn with_the_spool_disabled_an_outage_is_still_503_storage_unavailable() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut settings = crate::helpers::settings_for(&dir.path().join("postgate.db"));
+    settings.spool.enabled = false;
+    let app = crate::support::spawn_with(dir, settings).await;
+    let click = app.click("shoes", "aff1").await;
+    let outage = Outage::begin(&app).await;
+    let (status, body) = app
+        .postback(&[("token", ACME_TOKEN), ("click_id", click.as_str())])
+        .await;
+    outage.end().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(crate::helpers::code(&body), "storage_unavailable");
+    assert!(!app.dir.path().join("spool").exists());
+    let (_, ready) = readyz(&app).await;
+    assert_eq!(ready["spool"], Value::Null, "{ready}");
+}
