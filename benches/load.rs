@@ -267,15 +267,16 @@ fn serve_bare() {
 
 fn serve_postgate() {
     let dir = std::env::var(DIR_ENV).expect("bench dir");
-    let db = std::env::var(DB_URL_ENV).unwrap_or_else(|_| {
-        format!("sqlite://{}", Path::new(&dir).join("postgate.db").display())
-    });
+    let db = std::env::var(DB_URL_ENV)
+        .unwrap_or_else(|_| format!("sqlite://{}", Path::new(&dir).join("postgate.db").display()));
     let settings = postgate::config::Settings::from_toml(
         Path::new("bench.toml"),
         BENCH_CONFIG,
         &move |name| (name == "BENCH_DB").then(|| db.clone()),
     )
     .expect("bench config");
+    let mut settings = settings;
+    settings.spool.dir = Path::new(&dir).join(format!("spool-{}", std::process::id()));
     runtime().block_on(async move {
         let app = postgate::startup::Application::build(&settings)
             .await

@@ -52,6 +52,21 @@ pub struct Settings {
     pub offers: Vec<OfferSpec>,
     pub hooks: HooksSettings,
     pub outbound: OutboundSettings,
+    pub spool: SpoolSettings,
+}
+
+/// The local spool that keeps verified requests while the database cannot be reached.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// Off: a request the database cannot take is answered 503 `storage_unavailable`.
+    pub enabled: bool,
+    /// Segment files and `dead.log`; by default `spool/` beside the SQLite file.
+    pub dir: PathBuf,
+    /// How long after its arrival a request keeps being replayed before it is moved to
+    /// `dead.log` (kept, reported, never deleted).
+    pub give_up_after: std::time::Duration,
+    /// Longest pause between replay attempts while the database is down.
+    pub max_backoff: std::time::Duration,
 }
 
 /// Outbound postbacks: who gets them (compiled templates, validated at load) and how the
@@ -278,6 +293,17 @@ struct RawFile {
     paths: RawPaths,
     #[serde(default)]
     outbound: RawOutbound,
+    #[serde(default)]
+    spool: RawSpool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    enabled: Option<bool>,
+    dir: Option<String>,
+    give_up_after_hours: Option<u64>,
+    max_backoff_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -987,8 +1013,12 @@ fn validate(
         env: crate::connector::Env::Process,
     };
 
+    let spool = spool_settings(raw.spool, &server.database_url)
+        .map_err(|(key, message)| invalid(format!("spool.{key}"), message))?;
+
     Ok(Settings {
         path: path.to_owned(),
+        spool,
         server,
         network_currency,
         fx_rates,
@@ -1000,6 +1030,47 @@ fn validate(
         hooks,
         outbound,
     })
+}
+
+fn spool_settings(raw: RawSpool, database_url: &str) -> Result<SpoolSettings, (String, String)> {
+    let hours = raw.give_up_after_hours.unwrap_or(72);
+    if !(1..=24 * 365).contains(&hours) {
+        return Err((
+            "give_up_after_hours".into(),
+            "must be between 1 and 8760".into(),
+        ));
+    }
+    let backoff = raw.max_backoff_seconds.unwrap_or(300);
+    if !(1..=3600).contains(&backoff) {
+        return Err((
+            "max_backoff_seconds".into(),
+            "must be between 1 and 3600".into(),
+        ));
+    }
+    let dir = match raw.dir.filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => default_spool_dir(database_url),
+    };
+    Ok(SpoolSettings {
+        enabled: raw.enabled.unwrap_or(true),
+        dir,
+        give_up_after: std::time::Duration::from_secs(hours * 3600),
+        max_backoff: std::time::Duration::from_secs(backoff),
+    })
+}
+
+/// `spool/` beside the SQLite file (same disk, same backups), else `./data/spool`.
+fn default_spool_dir(database_url: &str) -> PathBuf {
+    let file = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or_default())
+        .filter(|f| !f.is_empty() && !f.starts_with(':'));
+    match file.and_then(|f| Path::new(f).parent()) {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.join("spool"),
+        Some(_) => PathBuf::from("spool"),
+        None => PathBuf::from("data/spool"),
+    }
 }
 
 /// Compiles one postback destination; unknown tokens and bad secrets are errors here.
@@ -1154,6 +1225,36 @@ mod tests {
         assert_eq!(settings.offers[0].min_lag_seconds, 1);
         assert_eq!(settings.offers[0].window_seconds, 30 * 86_400);
         assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn the_spool_lives_beside_the_sqlite_file_unless_told_otherwise() {
+        assert_eq!(
+            default_spool_dir("sqlite://data/postgate.db?mode=rwc"),
+            PathBuf::from("data/spool")
+        );
+        assert_eq!(
+            default_spool_dir("sqlite:/var/lib/pg/p.db"),
+            PathBuf::from("/var/lib/pg/spool")
+        );
+        assert_eq!(
+            default_spool_dir("sqlite::memory:"),
+            PathBuf::from("data/spool")
+        );
+        let text = "[spool]\ndir = \"/tmp/s\"\ngive_up_after_hours = 1\nmax_backoff_seconds = 2\n";
+        let s = Settings::from_toml(Path::new("p.toml"), text, &|_| None).expect("valid");
+        assert!(s.spool.enabled);
+        assert_eq!(s.spool.dir, PathBuf::from("/tmp/s"));
+        assert_eq!(s.spool.give_up_after.as_secs(), 3600);
+        assert_eq!(s.spool.max_backoff.as_secs(), 2);
+        let err = Settings::from_toml(
+            Path::new("p.toml"),
+            "[spool]\ngive_up_after_hours = 0\n",
+            &|_| None,
+        )
+        .expect_err("zero hours")
+        .to_string();
+        assert!(err.contains("spool.give_up_after_hours"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //!   then dedupe and status transitions inside the writer's transaction.
 //! * [`ledger`] — double-entry postings and derived balances.
 //! * [`store`] — SQLite, migrations, the catalog snapshot and the group-commit writer.
+//! * [`spool`] — when the database cannot be reached: verified requests fsync'd to local
+//!   segment files, answered 202 `queued`, and replayed into the pipeline by a drainer.
 //! * [`outbound`] — affiliate postbacks, the pure part: endpoints, templates, Standard Webhooks
 //!   signing, the retry schedule and the queue's job type. Deliveries are enqueued by the
 //!   writer in the conversion's own transaction.
@@ -38,6 +40,7 @@ pub mod mapping;
 pub mod outbound;
 pub mod pipeline;
 pub mod s2s;
+pub mod spool;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

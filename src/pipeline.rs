@@ -8,6 +8,11 @@
 //!   [`MappingSet::map`] (canonical postbacks) → evaluate → writer, together with the raw
 //!   request and every event that could not be mapped → [`HookAnswer`] in the source's
 //!   own terms (JSON, or e.g. Salesforce's SOAP Ack — sent only after the commit).
+//! * Database unreachable: a verified postback or webhook whose write failed
+//!   ([`WriteFailed`]) is appended to the [`Spool`] (fsync'd) and answered 202 `queued` —
+//!   or, for a source with a fixed answer such as Salesforce, that answer, given only once
+//!   the spool append is durable. [`Pipeline::replay`] later runs it through the same
+//!   stages after verification, judged as of its original receive time.
 //!
 //! HTTP handlers only extract and delegate here; nothing in this module knows about axum.
 
@@ -27,6 +32,8 @@ use crate::connector::{Connector, DecodeError, RawRequest, VerifyError};
 use crate::domain::{ClickId, ClickKeyRing, Reason, ReasonCode, Receipt, Verdict};
 use crate::mapping::MappingSet;
 use crate::s2s::{self, Params, S2sError};
+use crate::spool::drain::{Replay, ReplayError};
+use crate::spool::{Entry, Spool, SpooledRequest};
 use crate::store::Store;
 use crate::store::catalog::Catalog;
 use crate::store::writer::{ClickRow, FailureRecord, Ingest, RawRecord, WriteFailed};
@@ -38,6 +45,34 @@ pub struct Pipeline {
     pub keys: Arc<ClickKeyRing>,
     pub store: Store,
     pub hooks: Arc<Hooks>,
+    /// Where verified requests go while the database cannot take them; `None` = answer 503.
+    pub spool: Option<Spool>,
+}
+
+/// A verified request the database could not take, durably spooled for replay.
+#[derive(Debug, Serialize)]
+pub struct Queued {
+    /// Always `queued`.
+    pub status: &'static str,
+    pub spool_id: String,
+}
+
+impl Queued {
+    fn new(spool_id: String) -> Self {
+        Queued {
+            status: "queued",
+            spool_id,
+        }
+    }
+}
+
+/// What an S2S postback became.
+#[derive(Debug)]
+pub enum PostbackAnswer {
+    /// Committed: the decision.
+    Recorded(Receipt),
+    /// Spooled; the decision comes when the database is back.
+    Queued(Queued),
 }
 
 /// The enabled webhook sources, compiled at start-up.
@@ -82,8 +117,11 @@ impl HookError {
 pub enum HookAnswer {
     /// postgate's JSON receipt, one entry per event.
     Json(HookReceipt),
-    /// The fixed body the source needs (Salesforce: `<Ack>true</Ack>`).
+    /// The fixed body the source needs (Salesforce: `<Ack>true</Ack>`); also when the
+    /// request was spooled, since the spool is durable too.
     Text { content_type: String, body: String },
+    /// Spooled (JSON sources): the events are judged when the database is back.
+    Queued(Queued),
 }
 
 /// The JSON answer to a webhook: the request was recorded; what became of each event.
@@ -231,18 +269,118 @@ impl Pipeline {
         })
     }
 
-    /// Judges and records one S2S postback; returns after it is durably committed.
+    /// Judges and records one S2S postback; returns after it is durably committed, or
+    /// durably spooled if the database could not take it.
     pub async fn postback(
         &self,
         params: &Params,
         peer: Option<IpAddr>,
-    ) -> Result<Receipt, PostbackError> {
-        let decision = {
+    ) -> Result<PostbackAnswer, PostbackError> {
+        let received_at = Utc::now();
+        let (decision, spoolable) = {
             let catalog = self.catalog.load();
             let (advertiser, postback) = s2s::parse(&catalog, params, peer)?;
-            attribution::evaluate(&catalog, &self.keys, advertiser, postback, Utc::now())?
+            // Kept only in case the write fails: the verified input, never the token.
+            let spoolable = self.spool.as_ref().map(|_| SpooledRequest::Postback {
+                advertiser: advertiser.key.clone(),
+                postback: postback.clone(),
+            });
+            let decision =
+                attribution::evaluate(&catalog, &self.keys, advertiser, postback, received_at)?;
+            (decision, spoolable)
         };
-        Ok(self.store.writer.submit(decision).await?)
+        match self.store.writer.submit(decision).await {
+            Ok(receipt) => {
+                self.database_ok();
+                Ok(PostbackAnswer::Recorded(receipt))
+            }
+            Err(failed) => match (&self.spool, spoolable) {
+                (Some(spool), Some(request)) => match spool.append(received_at, request).await {
+                    Ok(id) => Ok(PostbackAnswer::Queued(Queued::new(id))),
+                    Err(_) => Err(failed.into()),
+                },
+                _ => Err(failed.into()),
+            },
+        }
+    }
+
+    fn database_ok(&self) {
+        if let Some(spool) = &self.spool {
+            spool.database_ok();
+        }
+    }
+
+    /// Runs a spooled request through every stage after verification, as of its original
+    /// receive time; its answer was given when it was spooled.
+    pub async fn replay(&self, entry: &Entry) -> Result<(), ReplayError> {
+        match &entry.request {
+            SpooledRequest::Postback {
+                advertiser,
+                postback,
+            } => {
+                let decision = {
+                    let catalog = self.catalog.load();
+                    let advertiser = catalog.advertiser_by_key(advertiser).ok_or_else(|| {
+                        ReplayError::Refused(format!("advertiser {advertiser:?} is not configured"))
+                    })?;
+                    attribution::evaluate(
+                        &catalog,
+                        &self.keys,
+                        advertiser,
+                        postback.clone(),
+                        entry.received_at,
+                    )
+                    .map_err(|e| ReplayError::Refused(e.to_string()))?
+                };
+                let receipt = self
+                    .store
+                    .writer
+                    .submit(decision)
+                    .await
+                    .map_err(|_| ReplayError::Unavailable)?;
+                tracing::info!(spool_id = %entry.id, status = ?receipt.status, conversion_id = ?receipt.conversion_id, "Spooled postback recorded.");
+                Ok(())
+            }
+            SpooledRequest::Hook {
+                connector,
+                method,
+                path_and_query,
+                headers,
+                body,
+            } => {
+                let hook = self.hooks.sources.get(connector).ok_or_else(|| {
+                    ReplayError::Refused(format!("connector {connector:?} is not enabled"))
+                })?;
+                let raw = RawRequest {
+                    method: method.clone(),
+                    path_and_query: path_and_query.clone(),
+                    headers: headers.clone(),
+                    body: body.clone(),
+                    peer_ip: None,
+                    received_at: entry.received_at,
+                };
+                // Verified before it was spooled; its signature timestamp would be stale now
+                // and its token is no longer there. Only the body is parsed again.
+                let verified = hook
+                    .connector
+                    .parse_unverified(&raw)
+                    .map_err(|e| ReplayError::Refused(e.to_string()))?;
+                match self.record_hook(connector, hook, &raw, verified).await {
+                    Ok(_) => {
+                        tracing::info!(spool_id = %entry.id, connector = %connector, "Spooled webhook recorded.");
+                        Ok(())
+                    }
+                    Err(HookError::Store(_)) => Err(ReplayError::Unavailable),
+                    Err(e) => Err(ReplayError::Refused(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+impl Replay for Pipeline {
+    async fn replay(&self, entry: &Entry) -> Result<(), ReplayError> {
+        Pipeline::replay(self, entry).await
     }
 }
 
@@ -256,11 +394,46 @@ impl Pipeline {
             .get(name)
             .ok_or_else(|| HookError::UnknownConnector(name.to_owned()))?;
         let verified = hook.connector.verify(&raw)?;
+        match self.record_hook(name, hook, &raw, verified).await {
+            Ok(answer) => {
+                self.database_ok();
+                Ok(answer)
+            }
+            Err(HookError::Store(failed)) => {
+                let Some(spool) = &self.spool else {
+                    return Err(failed.into());
+                };
+                let request = spooled_hook(name, &hook.connector, &raw);
+                match spool.append(raw.received_at, request).await {
+                    Ok(id) => Ok(match hook.connector.receipt() {
+                        crate::connector::Receipt::Text { content_type, body } => {
+                            HookAnswer::Text {
+                                content_type: content_type.clone(),
+                                body: body.clone(),
+                            }
+                        }
+                        crate::connector::Receipt::Json => HookAnswer::Queued(Queued::new(id)),
+                    }),
+                    Err(_) => Err(failed.into()),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Decodes, maps, judges and records a verified webhook request (on replay too).
+    async fn record_hook(
+        &self,
+        name: &str,
+        hook: &Hook,
+        raw: &RawRequest,
+        verified: crate::connector::VerifiedRequest,
+    ) -> Result<HookAnswer, HookError> {
         let events = hook.connector.decode(verified)?;
 
         let request_id = uuid::Uuid::now_v7().to_string();
         let mut work = Ingest {
-            raw: Some(raw_record(&request_id, name, &raw, events.len())),
+            raw: Some(raw_record(&request_id, name, raw, events.len())),
             ..Ingest::default()
         };
         // Per event: the indexes of its decisions in `work.decisions`, and the reasons of
@@ -358,6 +531,44 @@ impl Pipeline {
     }
 }
 
+/// A verified webhook request as the spool keeps it: the connector's token header and query
+/// parameter and the usual credential headers are left out; the body stays byte for byte.
+fn spooled_hook(name: &str, connector: &Connector, raw: &RawRequest) -> SpooledRequest {
+    let (secret_headers, secret_params) = connector.secret_locations();
+    let headers = raw
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            !SECRET_HEADERS.contains(&k.to_ascii_lowercase().as_str())
+                && !secret_headers.iter().any(|h| h.eq_ignore_ascii_case(k))
+        })
+        .cloned()
+        .collect();
+    let (path, query) = raw
+        .path_and_query
+        .split_once('?')
+        .unwrap_or((raw.path_and_query.as_str(), ""));
+    let kept: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .filter(|(k, _)| !secret_params.contains(&k.as_str()))
+        .collect();
+    let path_and_query = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(kept)
+            .finish();
+        format!("{path}?{query}")
+    };
+    SpooledRequest::Hook {
+        connector: name.to_owned(),
+        method: raw.method.clone(),
+        path_and_query,
+        headers,
+        body: raw.body.clone(),
+    }
+}
+
 /// Headers that carry credentials are not kept.
 const SECRET_HEADERS: &[&str] = &[
     "authorization",
@@ -435,6 +646,55 @@ pub fn render_landing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spooled_webhook_keeps_its_data_but_not_its_token() {
+        let text = include_str!("../connectors/adjust.toml")
+            .replace("${ADJUST_TOKEN}", "adjust-secret-0123456789");
+        let connector = Connector::from_toml(
+            "adjust",
+            std::path::Path::new("adjust.toml"),
+            &text,
+            &crate::connector::LoadOptions::default(),
+        )
+        .expect("connector");
+        let raw = RawRequest {
+            method: "GET".into(),
+            path_and_query: "/hooks/adjust?token=adjust-secret-0123456789&activity_kind=event&adid=a%201&created_at=9"
+                .into(),
+            headers: vec![
+                ("Authorization".into(), "Bearer x".into()),
+                ("user-agent".into(), "adjust".into()),
+            ],
+            body: bytes::Bytes::new(),
+            peer_ip: None,
+            received_at: Utc::now(),
+        };
+        let SpooledRequest::Hook {
+            path_and_query,
+            headers,
+            ..
+        } = spooled_hook("adjust", &connector, &raw)
+        else {
+            panic!("a hook entry");
+        };
+        assert_eq!(
+            path_and_query,
+            "/hooks/adjust?activity_kind=event&adid=a+1&created_at=9"
+        );
+        assert_eq!(headers, [("user-agent".to_owned(), "adjust".to_owned())]);
+        // What is left still decodes to the same event.
+        let replayed = RawRequest {
+            path_and_query,
+            headers,
+            ..raw.clone()
+        };
+        let events = connector
+            .decode(connector.parse_unverified(&replayed).expect("parse"))
+            .expect("decode");
+        assert_eq!(events[0].event_type(), "event");
+        assert_eq!(events[0].event_id(), "a 1:9:event");
+    }
 
     #[test]
     fn landing_urls_get_encoded_values_for_every_token() {

@@ -1,5 +1,5 @@
-//! Start-up: database, catalog, keys, writer, router, listener — in that order — and a
-//! graceful stop that drains the writer before returning.
+//! Start-up: database, catalog, keys, writer, spool and its drainer, router, listener — in
+//! that order — and a graceful stop that stops the drainer, then drains the writer.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +27,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Definitions(Vec<crate::connector::ConfigError>),
+    #[error("cannot open the spool")]
+    Spool(#[from] crate::spool::SpoolError),
     #[error("cannot start the delivery worker")]
     Worker(#[from] crate::delivery::worker::WorkerError),
     #[error("cannot listen on {addr}")]
@@ -45,6 +47,10 @@ pub struct Application {
     writer_task: tokio::task::JoinHandle<()>,
     checkpoint_task: Option<tokio::task::JoinHandle<()>>,
     worker: Option<crate::delivery::worker::RunningWorker>,
+    drainer: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl Application {
@@ -89,13 +95,27 @@ impl Application {
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?
             .port();
+        let spool = if settings.spool.enabled {
+            Some(crate::spool::Spool::open(&settings.spool)?)
+        } else {
+            None
+        };
+        let pipeline = Pipeline {
+            catalog: Arc::new(ArcSwap::from_pointee(snapshot)),
+            keys: Arc::new(keys),
+            store: Store::new(read, writer),
+            hooks: Arc::new(hooks),
+            spool: spool.clone(),
+        };
+        // The drainer replays through its own clone of the pipeline (and so holds a writer
+        // handle): it must stop before the writer can.
+        let drainer = spool.map(|spool| {
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(crate::spool::drain::run(spool, pipeline.clone(), stopped));
+            (stop, task)
+        });
         let state = AppState {
-            pipeline: Pipeline {
-                catalog: Arc::new(ArcSwap::from_pointee(snapshot)),
-                keys: Arc::new(keys),
-                store: Store::new(read, writer),
-                hooks: Arc::new(hooks),
-            },
+            pipeline,
             admin_token: settings.server.admin_token.as_deref().map(Arc::from),
             client_ip_header: settings.server.client_ip_header.as_deref().map(Arc::from),
             max_body_bytes: settings.server.max_body_bytes,
@@ -108,6 +128,7 @@ impl Application {
             writer_task,
             checkpoint_task,
             worker,
+            drainer,
         })
     }
 
@@ -126,7 +147,15 @@ impl Application {
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
-        // The router (and with it every writer handle) is gone: the writer drains and stops.
+        // What is still spooled waits on disk for the next start.
+        if let Some((stop, task)) = self.drainer {
+            let _ = stop.send(());
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "Spool drainer ended abnormally.");
+            }
+        }
+        // The router and the drainer (and with them every writer handle) are gone: the
+        // writer drains and stops.
         if let Err(e) = self.writer_task.await {
             tracing::error!(error = %e, "Writer task ended abnormally.");
         }

@@ -305,6 +305,14 @@ fn decode_key(secret: &str, enc: KeyEncoding, prefix: Option<&str>) -> Result<Ve
 }
 
 impl Auth {
+    /// Where this check reads a secret from the request: `(header, query parameter)`.
+    pub(crate) fn secret_location(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Auth::Token(t) => (t.header.as_deref(), t.query.as_deref()),
+            _ => (None, None),
+        }
+    }
+
     /// Checks that need only the raw request (everything except payload allow-lists).
     pub(crate) fn verify_raw(&self, req: &RawRequest) -> Result<(), VerifyError> {
         match self {

@@ -470,6 +470,19 @@ impl Connector {
         &self.receipt
     }
 
+    /// Header and query-parameter names that carry this source's secret tokens, so a copy
+    /// of a verified request (the spool) can leave them out.
+    pub fn secret_locations(&self) -> (Vec<&str>, Vec<&str>) {
+        let mut headers = Vec::new();
+        let mut query = Vec::new();
+        for a in &self.auth {
+            let (h, q) = a.secret_location();
+            headers.extend(h);
+            query.extend(q);
+        }
+        (headers, query)
+    }
+
     /// Authenticates the request (all `[[auth]]` entries) and parses its body.
     pub fn verify(&self, req: &RawRequest) -> Result<VerifiedRequest, VerifyError> {
         // Raw-byte checks first: an unauthenticated body is never parsed.

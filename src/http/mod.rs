@@ -25,8 +25,8 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
-use crate::domain::{ReasonCode, Receipt};
-use crate::pipeline::{ClickRequest, Pipeline};
+use crate::domain::ReasonCode;
+use crate::pipeline::{ClickRequest, Pipeline, PostbackAnswer};
 use crate::s2s::Params;
 
 /// What every handler can reach.
@@ -156,7 +156,7 @@ async fn click(
         .into_response())
 }
 
-async fn postback(State(state): State<AppState>, req: Request) -> Result<Json<Receipt>, ApiError> {
+async fn postback(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let ip = request_ip(&state, &req);
     let mut params = Params::from_pairs(query_pairs(req.uri().query()));
     if req.method() == Method::POST {
@@ -165,8 +165,10 @@ async fn postback(State(state): State<AppState>, req: Request) -> Result<Json<Re
         let body = read_body(req.into_body(), state.max_body_bytes).await?;
         params.merge(body_params(&content_type, &body)?);
     }
-    let receipt = state.pipeline.postback(&params, ip).await?;
-    Ok(Json(receipt))
+    Ok(match state.pipeline.postback(&params, ip).await? {
+        PostbackAnswer::Recorded(receipt) => Json(receipt).into_response(),
+        PostbackAnswer::Queued(queued) => (StatusCode::ACCEPTED, Json(queued)).into_response(),
+    })
 }
 
 async fn hook(
@@ -207,6 +209,9 @@ async fn hook(
             let content_type = HeaderValue::from_str(&content_type)
                 .unwrap_or_else(|_| HeaderValue::from_static("text/plain"));
             Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+        }
+        crate::pipeline::HookAnswer::Queued(queued) => {
+            Ok((StatusCode::ACCEPTED, Json(queued)).into_response())
         }
     }
 }
@@ -418,10 +423,24 @@ async fn resume_endpoint(
     .into_response())
 }
 
+/// 200 `ready`; 200 `degraded` while the database is unreachable but the spool takes
+/// requests (every gateway shares the database: taking them all out of the load balancer
+/// would refuse requests that the spool keeps safe); 503 `unavailable` when neither can.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.pipeline.store.ready().await {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
-    }
+    let spool = state.pipeline.spool.as_ref();
+    let database_ok =
+        state.pipeline.store.ready().await && !spool.is_some_and(|s| s.database_down());
+    let stats = spool.map(|s| s.stats());
+    let spool_ok = stats.as_ref().is_some_and(|s| s.writable);
+    let (status, word) = match (database_ok, spool_ok) {
+        (true, _) => (StatusCode::OK, "ready"),
+        (false, true) => (StatusCode::OK, "degraded"),
+        (false, false) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    let body = serde_json::json!({
+        "status": word,
+        "database": if database_ok { "ok" } else { "unreachable" },
+        "spool": stats,
+    });
+    (status, Json(body)).into_response()
 }

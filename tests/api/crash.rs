@@ -23,7 +23,7 @@ fn start(config: &std::path::Path, db: &std::path::Path) -> (std::process::Child
 async fn acknowledged_conversions_survive_kill_minus_nine() {
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("postgate.toml");
-    std::fs::write(&config, TEST_CONFIG).expect("config");
+    crate::support::write_config(&config, TEST_CONFIG);
     let db = dir.path().join("crash.db");
     assert!(TEST_CONFIG.contains(CLICK_KEY_B64));
 

@@ -155,6 +155,8 @@ pub fn settings_for(db: &Path) -> Settings {
         (name == "TEST_DB_URL").then(|| url.clone())
     })
     .expect("test config is valid");
+    // Beside the test's files whatever the backend (on PostgreSQL the default is ./data).
+    settings.spool.dir = db.with_file_name("spool");
     settings.hooks.env = postgate::connector::Env::Fixed(
         [
             ("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET),

@@ -10,12 +10,12 @@ use sha2::Sha256;
 
 use crate::helpers::{ACME_TOKEN, SALESFORCE_TOKEN, SHOPIFY_SECRET, TestApp, spawn_app};
 
-fn fixture(path: &str) -> Vec<u8> {
+pub(crate) fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(format!("tests/fixtures/{path}")).expect("fixture")
 }
 
 /// The derived Shopify order (note attribute `click_id`), carrying `click_id`, paid now.
-fn shopify_order(click_id: &str) -> Vec<u8> {
+pub(crate) fn shopify_order(click_id: &str) -> Vec<u8> {
     let text = String::from_utf8(fixture(
         "derived/shopify_orders_paid.note_attribute_click_id.json",
     ))
@@ -26,7 +26,7 @@ fn shopify_order(click_id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-async fn send_shopify(
+pub(crate) async fn send_shopify(
     app: &TestApp,
     topic: &str,
     webhook_id: &str,
@@ -195,7 +195,7 @@ async fn an_unmapped_shopify_topic_is_recorded_and_answered_so_shopify_stops_ret
     assert!(headers.contains("X-Shopify-Webhook-Id") || headers.contains("x-shopify-webhook-id"));
 }
 
-async fn count(app: &TestApp, sql: &str) -> i64 {
+pub(crate) async fn count(app: &TestApp, sql: &str) -> i64 {
     let pool = app.pool().await;
     postgate::db!(&pool, p => {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))

@@ -7,5 +7,6 @@ mod helpers;
 mod hooks;
 mod ledger;
 mod requests;
+mod spool;
 #[path = "../support/mod.rs"]
 mod support;

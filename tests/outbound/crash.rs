@@ -42,7 +42,7 @@ async fn a_delivery_in_flight_when_the_gateway_is_killed_is_sent_again_after_res
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("postgate.toml");
-    std::fs::write(&config, CONFIG).expect("config");
+    crate::support::write_config(&config, CONFIG);
     let db = dir.path().join("crash.db");
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -256,7 +256,7 @@ async fn the_cli_replays_dead_letters_by_affiliate_and_time() {
     receiver.heal();
     let db = dir.path().join("postgate.db");
     let config = dir.path().join("outbound.toml");
-    std::fs::write(&config, crate::harness::CONFIG).expect("config");
+    crate::support::write_config(&config, crate::harness::CONFIG);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_postgate"))
         .args(["--config"])
         .arg(&config)

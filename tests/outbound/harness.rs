@@ -252,6 +252,7 @@ pub use crate::support::{TestApp, spawn_with};
 pub const SHOPIFY_SECRET: &str = "test-shopify-secret-0123456789";
 
 pub fn settings_for(db: &Path, receiver: &Receiver) -> Settings {
+    let db_path = db;
     let db = crate::support::database_url(db);
     let base = receiver.base.clone();
     let mut settings =
@@ -265,6 +266,7 @@ pub fn settings_for(db: &Path, receiver: &Receiver) -> Settings {
             },
         )
         .expect("test config is valid");
+    settings.spool.dir = db_path.with_file_name("spool");
     settings.hooks.env = postgate::connector::Env::Fixed(
         [("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET)]
             .into_iter()

@@ -150,3 +150,17 @@ pub async fn open_pool(url: &str) -> postgate::store::Pool {
         .await
         .expect("test database")
 }
+
+/// Writes `config` to `path` for a gateway in a child process, with the spool in a
+/// `spool/` directory beside it (the default would be shared by every test).
+pub fn write_config(path: &Path, config: &str) {
+    let spool = path.with_file_name("spool");
+    std::fs::write(
+        path,
+        format!(
+            "{config}\n[spool]\ndir = {:?}\n",
+            spool.display().to_string()
+        ),
+    )
+    .expect("config");
+}
