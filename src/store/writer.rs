@@ -290,15 +290,6 @@ async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_ba
     tracing::info!("Writer stopped: queue closed and drained.");
 }
 
-/// The usual case in one round trip to SQLite: `BEGIN; INSERT conversions …; INSERT postings
-/// …; INSERT clicks …; COMMIT`. sqlx runs SQLite on a worker thread, and on a busy machine
-/// every statement's hop to it waits for a time slice; one hop per batch instead of one per
-/// statement is most of the write path's speed.
-///
-/// New conversions that collided with an earlier one (a duplicate or a status update) were
-/// skipped by `ON CONFLICT DO NOTHING`, and their postings by the existence check. The
-/// affected-row count reveals any such skip; those items, and reversals, then go through
-/// [`apply::apply_batch`] in a second transaction, in arrival order.
 /// The rows of several [`Ingest`]s, flattened in arrival order.
 #[derive(Default)]
 struct Batch<'a> {
@@ -317,6 +308,15 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// SQLite: the usual case in one round trip: `BEGIN; INSERT conversions …; INSERT postings
+/// …; INSERT clicks …; COMMIT`. sqlx runs SQLite on a worker thread, and on a busy machine
+/// every statement's hop to it waits for a time slice; one hop per batch instead of one per
+/// statement is most of the write path's speed.
+///
+/// New conversions that collided with an earlier one (a duplicate or a status update) were
+/// skipped by `ON CONFLICT DO NOTHING`, and their postings by the existence check. The
+/// affected-row count reveals any such skip; those items, and reversals, then go through
+/// [`apply::apply_batch`] in a second transaction, in arrival order.
 async fn commit_fast(
     conn: &mut SqliteConnection,
     batch: &Batch<'_>,

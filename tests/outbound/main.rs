@@ -5,6 +5,7 @@ mod crash;
 mod delivery_client;
 mod gateway;
 mod harness;
+mod multi;
 mod standard_webhooks_vectors;
 #[path = "../support/mod.rs"]
 mod support;
