@@ -144,17 +144,19 @@ pub fn own_receipt(d: &Decision) -> Receipt {
     }
 }
 
-/// Appends `INSERT INTO conversions … ON CONFLICT DO NOTHING` statements (one per
-/// [`INSERT_CHUNK`] rows, each ending in `;`) for `decisions`. A row that collides on a
-/// dedupe key is skipped, not an error. With `report_changes`, each INSERT is followed by
-/// `SELECT changes()`, a row with the number of conversions it inserted.
+/// Rows per conversion insert, for callers that batch statements themselves.
+pub const CHUNK: usize = INSERT_CHUNK;
+
+/// Appends one `INSERT INTO conversions … ON CONFLICT DO NOTHING` statement (no terminator)
+/// for `decisions` (at most [`CHUNK`]). A row that collides on a dedupe key is skipped, not
+/// an error.
 pub fn push_insert_conversions(
     qb: &mut Builder,
     decisions: &[&Decision],
     now_ms: i64,
-    report_changes: bool,
 ) -> Result<(), StoreError> {
-    for chunk in decisions.chunks(INSERT_CHUNK) {
+    {
+        let chunk = decisions;
         let mut encoded = Vec::with_capacity(chunk.len());
         for d in chunk {
             let reasons: Vec<&Reason> = d.rejections.iter().chain(&d.flags).collect();
@@ -215,10 +217,7 @@ pub fn push_insert_conversions(
                         .push_bind(d.raw_request_id.clone());
                 },
             );
-            qb.push(" ON CONFLICT DO NOTHING;\n");
-            if report_changes {
-                qb.push("SELECT changes();\n");
-            }
+            qb.push(" ON CONFLICT DO NOTHING");
         });
     }
     Ok(())
@@ -255,7 +254,7 @@ async fn insert_new(
     let mut affected = 0;
     for chunk in decisions.chunks(INSERT_CHUNK) {
         let mut qb = conn.builder();
-        push_insert_conversions(&mut qb, chunk, now_ms, false)?;
+        push_insert_conversions(&mut qb, chunk, now_ms)?;
         affected += conn.execute(qb).await?;
     }
     if affected == decisions.len() as u64 {

@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use crate::domain::{Currency, Money};
-use crate::store::{Builder, Conn, StoreError};
+use crate::store::{Builder, Conn, Guard, StoreError};
 
 /// Why postings exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,28 +88,31 @@ pub async fn insert(
 ) -> Result<(), StoreError> {
     for chunk in postings.chunks(INSERT_CHUNK) {
         let mut qb = conn.builder();
-        push_insert(&mut qb, chunk, now_ms, false);
+        push_insert(&mut qb, chunk, now_ms, Guard::All);
         conn.execute(qb).await?;
     }
     Ok(())
 }
 
-/// Appends `INSERT INTO ledger_postings` statements (each ending in `;`). With
-/// `only_for_existing`, a line is written only if its conversion row exists — so postings
-/// can ride in the same round trip as conversion inserts that may have been skipped as
-/// duplicates.
-pub fn push_insert(qb: &mut Builder, postings: &[Posting], now_ms: i64, only_for_existing: bool) {
-    crate::db!(qb, qb => for chunk in postings.chunks(INSERT_CHUNK) {
+/// Lines per statement, for callers that batch statements themselves.
+pub const CHUNK: usize = INSERT_CHUNK;
+
+/// Appends one `INSERT INTO ledger_postings` statement (no terminator) for `postings` (at
+/// most [`CHUNK`]). `guard` decides which lines are kept: with a guard, a line is written
+/// only if its conversion was written — so postings can ride in the same round trip as
+/// conversion inserts that may have been skipped as duplicates.
+pub fn push_insert(qb: &mut Builder, postings: &[Posting], now_ms: i64, guard: Guard<'_>) {
+    crate::db!(qb, qb => {
         qb.push(
             "INSERT INTO ledger_postings (conversion_id, kind, account, currency, amount_minor, created_at) ",
         );
-        if only_for_existing {
+        if !matches!(guard, Guard::All) {
             // VALUES columns are named column1..columnN in both SQLite and PostgreSQL.
             qb.push(
                 "SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6 FROM (",
             );
         }
-        qb.push_values(chunk, |mut b, p| {
+        qb.push_values(postings, |mut b, p| {
             b.push_bind(p.conversion_id.clone())
                 .push_bind(p.kind.as_str())
                 .push_bind(p.account.clone())
@@ -117,10 +120,17 @@ pub fn push_insert(qb: &mut Builder, postings: &[Posting], now_ms: i64, only_for
                 .push_bind(p.amount_minor)
                 .push_bind(now_ms);
         });
-        if only_for_existing {
-            qb.push(") AS v WHERE EXISTS (SELECT 1 FROM conversions c WHERE c.id = v.column1)");
+        match guard {
+            Guard::All => {}
+            Guard::ParentExists => {
+                qb.push(") AS v WHERE EXISTS (SELECT 1 FROM conversions c WHERE c.id = v.column1)");
+            }
+            Guard::ParentIn(cte) => {
+                qb.push(") AS v WHERE v.column1 IN (SELECT id FROM ")
+                    .push(cte)
+                    .push(")");
+            }
         }
-        qb.push(";\n");
     })
 }
 

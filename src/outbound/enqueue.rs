@@ -13,7 +13,7 @@
 //! `Pending`, the run time, empty metadata and an idempotency key. Plain SQL lets one
 //! statement cover a whole batch, inside the caller's transaction.
 
-use crate::store::{Builder, Conn, Db};
+use crate::store::{Builder, Conn, Db, Guard};
 
 use super::job::{DeliveryJob, INFRA_ATTEMPTS, QUEUE};
 use crate::store::StoreError;
@@ -48,23 +48,12 @@ impl NewDelivery {
     }
 }
 
-/// Rows per statement (8 binds a delivery, 5 a job).
-const CHUNK: usize = 1000;
+/// Rows per statement (8 binds a delivery, 5 a job), for callers that batch statements.
+pub const CHUNK: usize = 1000;
 
-/// Appends the delivery and first-attempt job inserts, each statement ending in `;`.
-pub fn push_insert(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64) {
-    for chunk in rows.chunks(CHUNK) {
-        push_deliveries(qb, chunk, now_ms);
-        push_jobs(
-            qb,
-            chunk
-                .iter()
-                .map(|d| (DeliveryJob::first(&d.id, 1), now_ms / 1000)),
-        );
-    }
-}
-
-fn push_deliveries(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64) {
+/// Appends one delivery insert (no terminator) for `rows` (at most [`CHUNK`]); `guard` is on
+/// each delivery's conversion.
+pub fn push_deliveries(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64, guard: Guard<'_>) {
     crate::db!(qb, qb => {
         qb.push(
             "INSERT INTO deliveries (id, conversion_id, endpoint, affiliate_id, offer_id, status,
@@ -82,26 +71,36 @@ fn push_deliveries(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64) {
                 .push_bind(now_ms)
                 .push_bind(now_ms);
         });
-        qb.push(") AS v WHERE EXISTS (SELECT 1 FROM conversions c WHERE c.id = v.column2);\n");
+        qb.push(") AS v");
+        match guard {
+            Guard::All => {}
+            Guard::ParentExists => {
+                qb.push(" WHERE EXISTS (SELECT 1 FROM conversions c WHERE c.id = v.column2)");
+            }
+            Guard::ParentIn(cte) => {
+                qb.push(" WHERE v.column2 IN (SELECT id FROM ").push(cte).push(")");
+            }
+        }
     })
 }
 
-/// Appends one job insert for `jobs` (job, run_at unix seconds); a job is written only if
-/// its delivery row exists.
-pub fn push_jobs(qb: &mut Builder, jobs: impl Iterator<Item = (DeliveryJob, i64)>) {
-    let jobs: Vec<(DeliveryJob, i64, String)> = jobs
-        .map(|(job, at)| {
+/// Appends the insert of the first-attempt jobs of `rows` (no terminator); `guard` is on
+/// each job's delivery.
+pub fn push_first_jobs(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64, guard: Guard<'_>) {
+    let jobs: Vec<(DeliveryJob, i64, String)> = rows
+        .iter()
+        .map(|d| {
+            let job = DeliveryJob::first(&d.id, 1);
             let key = job.idempotency_key();
-            (job, at, key)
+            (job, now_ms / 1000, key)
         })
         .collect();
-    push_keyed(qb, &jobs);
+    push_keyed(qb, &jobs, guard);
 }
 
-fn push_keyed(qb: &mut Builder, jobs: &[(DeliveryJob, i64, String)]) {
-    if jobs.is_empty() {
-        return;
-    }
+/// Appends one job insert (no terminator) for `jobs` (job, run_at unix seconds, idempotency
+/// key). A job whose key is already queued is skipped.
+fn push_keyed(qb: &mut Builder, jobs: &[(DeliveryJob, i64, String)], guard: Guard<'_>) {
     match qb {
         Db::Sqlite(qb) => {
             qb.push(
@@ -134,11 +133,19 @@ fn push_keyed(qb: &mut Builder, jobs: &[(DeliveryJob, i64, String)]) {
                 .push_bind(key.clone())
                 .push_bind(job.delivery_id.clone());
         });
-        // The WHERE clause also keeps SQLite from reading ON CONFLICT as a join constraint.
-        qb.push(
-            ") AS v WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = v.column5)
-             ON CONFLICT (job_type, idempotency_key) DO NOTHING;\n",
-        );
+        // A WHERE clause is needed anyway: without one SQLite reads ON CONFLICT as a join
+        // constraint.
+        match guard {
+            Guard::All => qb.push(") AS v WHERE true"),
+            Guard::ParentExists => {
+                qb.push(") AS v WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = v.column5)")
+            }
+            Guard::ParentIn(cte) => qb
+                .push(") AS v WHERE v.column5 IN (SELECT id FROM ")
+                .push(cte)
+                .push(")"),
+        };
+        qb.push(" ON CONFLICT (job_type, idempotency_key) DO NOTHING");
     })
 }
 
@@ -150,15 +157,10 @@ pub async fn insert(
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(CHUNK) {
         let mut qb = conn.builder();
-        push_deliveries(&mut qb, chunk, now_ms);
+        push_deliveries(&mut qb, chunk, now_ms, Guard::All);
         conn.execute(qb).await?;
         let mut qb = conn.builder();
-        push_jobs(
-            &mut qb,
-            chunk
-                .iter()
-                .map(|d| (DeliveryJob::first(&d.id, 1), now_ms / 1000)),
-        );
+        push_first_jobs(&mut qb, chunk, now_ms, Guard::All);
         conn.execute(qb).await?;
     }
     Ok(())
@@ -170,10 +172,8 @@ pub async fn push_job(
     job: DeliveryJob,
     run_at_unix: i64,
 ) -> Result<(), StoreError> {
-    let mut qb = conn.builder();
-    push_jobs(&mut qb, std::iter::once((job, run_at_unix)));
-    conn.execute(qb).await?;
-    Ok(())
+    let key = job.idempotency_key();
+    push_job_keyed(conn, job, run_at_unix, key).await
 }
 
 /// Pushes one job under an explicit idempotency key (an attempt put back while its endpoint
@@ -185,7 +185,7 @@ pub async fn push_job_keyed(
     key: String,
 ) -> Result<(), StoreError> {
     let mut qb = conn.builder();
-    push_keyed(&mut qb, &[(job, run_at_unix, key)]);
+    push_keyed(&mut qb, &[(job, run_at_unix, key)], Guard::ParentExists);
     conn.execute(qb).await?;
     Ok(())
 }

@@ -21,9 +21,10 @@ use chrono::Utc;
 use sqlx::{Connection, PgPool, QueryBuilder, Row, SqliteConnection};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Builder, Conn, Db, StoreError};
+use super::{Builder, Conn, Db, Guard, StoreError};
 use crate::attribution::{Decision, apply};
 use crate::domain::Receipt;
+use crate::outbound::enqueue;
 
 /// A recorded click, written after the redirect was answered.
 #[derive(Debug, Clone)]
@@ -180,16 +181,57 @@ enum Target {
 }
 
 impl Target {
-    /// A whole batch, the fast way each backend allows.
+    /// A whole batch, the fast way each backend allows: every new conversion with its
+    /// postings, deliveries, raw requests and clicks in one round trip. Conversions that
+    /// collided with an earlier one (a duplicate or a status update) were skipped there, with
+    /// everything that hangs on them; they, and reversals, then go through
+    /// [`apply::apply_batch`] in a second transaction, in arrival order.
     async fn commit_batch(
         &mut self,
         batch: &Batch<'_>,
         clicks: &[ClickRow],
     ) -> Result<Vec<Receipt>, StoreError> {
-        match self {
-            Target::Sqlite(conn) => commit_fast(conn, batch, clicks).await,
-            Target::Postgres(_) => self.commit(batch, clicks).await,
+        let fast = FastRows::of(batch);
+        let landed = match self {
+            Target::Sqlite(conn) => sqlite_fast(conn, batch, &fast, clicks).await?,
+            Target::Postgres(pool) => {
+                if fast.binds(batch, clicks) > POSTGRES_MAX_BINDS {
+                    return self.commit(batch, clicks).await;
+                }
+                postgres_fast(pool, batch, &fast, clicks).await?
+            }
+        };
+        let is_done = |d: &Decision| {
+            apply::is_fresh(d)
+                && landed
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(d.conversion_id.as_str()))
+        };
+        let rest: Vec<&Decision> = batch
+            .decisions
+            .iter()
+            .copied()
+            .filter(|d| !is_done(d))
+            .collect();
+        let mut rest_receipts = if rest.is_empty() {
+            Vec::new()
+        } else {
+            let rest = Batch {
+                decisions: rest,
+                ..Batch::default()
+            };
+            self.commit(&rest, &[]).await?
         }
+        .into_iter();
+        let mut receipts = Vec::with_capacity(batch.decisions.len());
+        for d in &batch.decisions {
+            if is_done(d) {
+                receipts.push(apply::own_receipt(d));
+            } else {
+                receipts.push(rest_receipts.next().ok_or(StoreError::WriterGone)?);
+            }
+        }
+        Ok(receipts)
     }
 
     /// One transaction for a batch and clicks, statement by statement.
@@ -308,53 +350,108 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// SQLite: the usual case in one round trip: `BEGIN; INSERT conversions …; INSERT postings
-/// …; INSERT clicks …; COMMIT`. sqlx runs SQLite on a worker thread, and on a busy machine
-/// every statement's hop to it waits for a time slice; one hop per batch instead of one per
-/// statement is most of the write path's speed.
-///
-/// New conversions that collided with an earlier one (a duplicate or a status update) were
-/// skipped by `ON CONFLICT DO NOTHING`, and their postings by the existence check. The
-/// affected-row count reveals any such skip; those items, and reversals, then go through
-/// [`apply::apply_batch`] in a second transaction, in arrival order.
-async fn commit_fast(
+/// The rows a batch's new conversions bring.
+struct FastRows<'a> {
+    fresh: Vec<&'a Decision>,
+    postings: Vec<crate::ledger::Posting>,
+    deliveries: Vec<crate::outbound::NewDelivery>,
+}
+
+impl<'a> FastRows<'a> {
+    fn of(batch: &Batch<'a>) -> Self {
+        let fresh: Vec<&Decision> = batch
+            .decisions
+            .iter()
+            .copied()
+            .filter(|d| apply::is_fresh(d))
+            .collect();
+        let postings = fresh
+            .iter()
+            .flat_map(|d| apply::postings_for_new(d))
+            .collect();
+        let deliveries = fresh
+            .iter()
+            .flat_map(|d| apply::deliveries_for_new(d))
+            .collect();
+        FastRows {
+            fresh,
+            postings,
+            deliveries,
+        }
+    }
+
+    /// Bind parameters the one-statement form needs.
+    fn binds(&self, batch: &Batch<'_>, clicks: &[ClickRow]) -> usize {
+        28 * self.fresh.len()
+            + 6 * self.postings.len()
+            + 13 * self.deliveries.len()
+            + 9 * batch.raws.len()
+            + 8 * batch.failures.len()
+            + 12 * clicks.len()
+            + 2
+    }
+}
+
+/// PostgreSQL refuses more than 65 535 parameters in one statement.
+const POSTGRES_MAX_BINDS: usize = 60_000;
+
+/// The ids of the new conversions that were inserted; `None` when all were.
+type Landed = Option<std::collections::HashSet<String>>;
+
+/// SQLite's one round trip: `BEGIN; INSERT raw …; INSERT conversions …; SELECT changes();
+/// INSERT postings …; INSERT deliveries …; INSERT jobs …; INSERT clicks …; COMMIT`, postings
+/// and deliveries guarded by the existence of their conversion. sqlx runs SQLite on a worker
+/// thread, and on a busy machine every statement's hop to it waits for a time slice; one hop
+/// per batch instead of one per statement is most of the write path's speed.
+async fn sqlite_fast(
     conn: &mut SqliteConnection,
     batch: &Batch<'_>,
+    fast: &FastRows<'_>,
     clicks: &[ClickRow],
-) -> Result<Vec<Receipt>, StoreError> {
-    let now = Utc::now();
-    let now_ms = now.timestamp_millis();
-    let decisions = &batch.decisions;
-    let fresh: Vec<&Decision> = decisions
-        .iter()
-        .copied()
-        .filter(|d| apply::is_fresh(d))
-        .collect();
-    let postings: Vec<_> = fresh
-        .iter()
-        .flat_map(|d| apply::postings_for_new(d))
-        .collect();
-    let deliveries: Vec<_> = fresh
-        .iter()
-        .flat_map(|d| apply::deliveries_for_new(d))
-        .collect();
-
+) -> Result<Landed, StoreError> {
+    let now_ms = Utc::now().timestamp_millis();
     let mut qb: Builder = Db::Sqlite(QueryBuilder::new("BEGIN IMMEDIATE;\n"));
-    push_insert_raw(&mut qb, &batch.raws, &batch.failures, now_ms);
-    apply::push_insert_conversions(&mut qb, &fresh, now_ms, true)?;
-    crate::ledger::push_insert(&mut qb, &postings, now_ms, true);
+    let end = |qb: &mut Builder, text: &str| {
+        if let Db::Sqlite(q) = qb {
+            q.push(text);
+        }
+    };
+    for chunk in batch.raws.chunks(RAW_CHUNK) {
+        push_raws(&mut qb, chunk);
+        end(&mut qb, ";\n");
+    }
+    for chunk in batch.failures.chunks(FAILURE_CHUNK) {
+        push_failures(&mut qb, chunk, now_ms);
+        end(&mut qb, ";\n");
+    }
+    for chunk in fast.fresh.chunks(apply::CHUNK) {
+        apply::push_insert_conversions(&mut qb, chunk, now_ms)?;
+        // `rows_affected` would not do: SQLite's changes() is not reset by BEGIN or COMMIT,
+        // so the sum over statements counts the last INSERT twice. Ask for the count.
+        end(&mut qb, ";\nSELECT changes();\n");
+    }
+    for chunk in fast.postings.chunks(crate::ledger::CHUNK) {
+        crate::ledger::push_insert(&mut qb, chunk, now_ms, Guard::ParentExists);
+        end(&mut qb, ";\n");
+    }
     // Deliveries and their first jobs, only for conversions that landed: a committed
     // conversion always has its postbacks queued, a skipped one never does.
-    crate::outbound::enqueue::push_insert(&mut qb, &deliveries, now_ms);
-    push_insert_clicks(&mut qb, clicks);
+    for chunk in fast.deliveries.chunks(enqueue::CHUNK) {
+        enqueue::push_deliveries(&mut qb, chunk, now_ms, Guard::ParentExists);
+        end(&mut qb, ";\n");
+        enqueue::push_first_jobs(&mut qb, chunk, now_ms, Guard::ParentExists);
+        end(&mut qb, ";\n");
+    }
+    for chunk in clicks.chunks(CLICK_CHUNK) {
+        push_clicks(&mut qb, chunk);
+        end(&mut qb, ";\n");
+    }
+    end(&mut qb, "COMMIT;");
     let Db::Sqlite(mut qb) = qb else {
         return Err(StoreError::Corrupt(
             "query built for the other backend".into(),
         ));
     };
-    qb.push("COMMIT;");
-    // `rows_affected` would not do: SQLite's changes() is not reset by BEGIN or COMMIT, so
-    // the sum over statements counts the last INSERT twice. Ask for the count explicitly.
     let inserted = match qb.build().persistent(false).fetch_all(&mut *conn).await {
         Ok(rows) => rows
             .iter()
@@ -366,48 +463,101 @@ async fn commit_fast(
             return Err(error.into());
         }
     };
-
-    let landed: Option<std::collections::HashSet<String>> = if inserted == fresh.len() as i64 {
-        None // every fresh row landed
-    } else {
-        Some(
-            apply::existing_ids(
-                &mut Conn::from(&mut *conn),
-                fresh.iter().map(|d| d.conversion_id.as_str()),
-            )
-            .await?,
+    if inserted == fast.fresh.len() as i64 {
+        return Ok(None);
+    }
+    Ok(Some(
+        apply::existing_ids(
+            &mut Conn::from(&mut *conn),
+            fast.fresh.iter().map(|d| d.conversion_id.as_str()),
         )
-    };
-    let is_done = |d: &Decision| {
-        apply::is_fresh(d)
-            && landed
-                .as_ref()
-                .is_none_or(|ids| ids.contains(d.conversion_id.as_str()))
-    };
+        .await?,
+    ))
+}
 
-    let rest: Vec<&Decision> = decisions.iter().copied().filter(|d| !is_done(d)).collect();
-    let mut rest_receipts = if rest.is_empty() {
-        Vec::new()
-    } else {
-        let rest = Batch {
-            decisions: rest,
-            ..Batch::default()
-        };
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let receipts = write_all(&mut Conn::from(&mut *tx), &rest, &[]).await?;
-        tx.commit().await?;
-        receipts
-    }
-    .into_iter();
-    let mut receipts = Vec::with_capacity(decisions.len());
-    for d in decisions {
-        if is_done(d) {
-            receipts.push(apply::own_receipt(d));
-        } else {
-            receipts.push(rest_receipts.next().ok_or(StoreError::WriterGone)?);
+/// PostgreSQL's one round trip: one statement, so one implicit transaction and one commit.
+/// Each insert is a query of a `WITH` list; postings and deliveries keep only the rows whose
+/// conversion the `conversions` query returned (sibling queries share one snapshot, so an
+/// existence check would not see them), jobs only those whose delivery was inserted.
+/// Foreign keys are checked at the end of the statement, after every insert.
+async fn postgres_fast(
+    pool: &PgPool,
+    batch: &Batch<'_>,
+    fast: &FastRows<'_>,
+    clicks: &[ClickRow],
+) -> Result<Landed, StoreError> {
+    let now_ms = Utc::now().timestamp_millis();
+    let mut qb: Builder = Db::Postgres(QueryBuilder::new("WITH "));
+    let mut parts = 0;
+    let mut open = |qb: &mut Builder, name: &str| {
+        if let Db::Postgres(q) = qb {
+            if parts > 0 {
+                q.push(",\n");
+            }
+            q.push(name).push(" AS (");
         }
+        parts += 1;
+    };
+    let close = |qb: &mut Builder, returning: &str| {
+        if let Db::Postgres(q) = qb {
+            q.push(returning).push(")");
+        }
+    };
+    // Conversions first: the others refer to it. Always present, so the statement ends in
+    // a query on it.
+    open(&mut qb, "c");
+    if fast.fresh.is_empty() {
+        if let Db::Postgres(q) = &mut qb {
+            q.push("SELECT id FROM conversions WHERE false");
+        }
+        close(&mut qb, "");
+    } else {
+        apply::push_insert_conversions(&mut qb, &fast.fresh, now_ms)?;
+        close(&mut qb, " RETURNING id");
     }
-    Ok(receipts)
+    if !fast.postings.is_empty() {
+        open(&mut qb, "p");
+        crate::ledger::push_insert(&mut qb, &fast.postings, now_ms, Guard::ParentIn("c"));
+        close(&mut qb, "");
+    }
+    if !fast.deliveries.is_empty() {
+        open(&mut qb, "d");
+        enqueue::push_deliveries(&mut qb, &fast.deliveries, now_ms, Guard::ParentIn("c"));
+        close(&mut qb, " RETURNING id");
+        open(&mut qb, "j");
+        enqueue::push_first_jobs(&mut qb, &fast.deliveries, now_ms, Guard::ParentIn("d"));
+        close(&mut qb, "");
+    }
+    if !batch.raws.is_empty() {
+        open(&mut qb, "r");
+        push_raws(&mut qb, &batch.raws);
+        close(&mut qb, "");
+    }
+    if !batch.failures.is_empty() {
+        open(&mut qb, "f");
+        push_failures(&mut qb, &batch.failures, now_ms);
+        close(&mut qb, "");
+    }
+    if !clicks.is_empty() {
+        open(&mut qb, "k");
+        push_clicks(&mut qb, clicks);
+        close(&mut qb, "");
+    }
+    let Db::Postgres(mut qb) = qb else {
+        return Err(StoreError::Corrupt(
+            "query built for the other backend".into(),
+        ));
+    };
+    qb.push("\nSELECT id FROM c");
+    let ids: Vec<(String,)> = qb
+        .build_query_as()
+        .persistent(false)
+        .fetch_all(pool)
+        .await?;
+    if ids.len() == fast.fresh.len() {
+        return Ok(None);
+    }
+    Ok(Some(ids.into_iter().map(|(id,)| id).collect()))
 }
 
 /// Writes a batch and clicks statement by statement, inside the caller's transaction.
@@ -420,12 +570,12 @@ async fn write_all(
     let now_ms = now.timestamp_millis();
     for chunk in batch.raws.chunks(RAW_CHUNK) {
         let mut qb = conn.builder();
-        push_insert_raw(&mut qb, chunk, &[], now_ms);
+        push_raws(&mut qb, chunk);
         conn.execute(qb).await?;
     }
     for chunk in batch.failures.chunks(FAILURE_CHUNK) {
         let mut qb = conn.builder();
-        push_insert_raw(&mut qb, &[], chunk, now_ms);
+        push_failures(&mut qb, chunk, now_ms);
         conn.execute(qb).await?;
     }
     let receipts = if batch.decisions.is_empty() {
@@ -435,7 +585,7 @@ async fn write_all(
     };
     for chunk in clicks.chunks(CLICK_CHUNK) {
         let mut qb = conn.builder();
-        push_insert_clicks(&mut qb, chunk);
+        push_clicks(&mut qb, chunk);
         conn.execute(qb).await?;
     }
     Ok(receipts)
@@ -448,62 +598,57 @@ const FAILURE_CHUNK: usize = 1000;
 /// Clicks per statement (12 binds each; far below both backends' bind limits).
 const CLICK_CHUNK: usize = 1000;
 
-/// Appends the inserts of raw requests and failed events, each statement ending in `;`.
-fn push_insert_raw(
-    qb: &mut Builder,
-    raws: &[&RawRecord],
-    failures: &[&FailureRecord],
-    now_ms: i64,
-) {
+/// Appends one insert (no terminator) of raw requests.
+fn push_raws(qb: &mut Builder, raws: &[&RawRecord]) {
     crate::db!(qb, qb => {
-        for chunk in raws.chunks(RAW_CHUNK) {
-            qb.push(
-                "INSERT INTO raw_requests (id, connector, received_at, method, path, headers, body,
-                    body_size, events) ",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.id.clone())
-                    .push_bind(r.connector.clone())
-                    .push_bind(r.received_at_ms)
-                    .push_bind(r.method.clone())
-                    .push_bind(r.path.clone())
-                    .push_bind(r.headers_json.clone())
-                    // Webhook JSON compresses 3-5x; every stored byte is written twice (WAL,
-                    // then the checkpoint), so this is most of a raw request's cost. Lossless.
-                    .push_bind(lz4_flex::compress_prepend_size(&r.body))
-                    .push_bind(r.body.len() as i64)
-                    .push_bind(r.events);
-            });
-            qb.push(";\n");
-        }
-        for chunk in failures.chunks(FAILURE_CHUNK) {
-            qb.push(
-                "INSERT INTO ingest_failures (id, raw_request_id, connector, event_type, event_id,
-                    code, message, created_at) ",
-            );
-            qb.push_values(chunk, |mut b, f| {
-                b.push_bind(f.id.clone())
-                    .push_bind(f.raw_request_id.clone())
-                    .push_bind(f.connector.clone())
-                    .push_bind(f.event_type.clone())
-                    .push_bind(f.event_id.clone())
-                    .push_bind(f.code.clone())
-                    .push_bind(f.message.clone())
-                    .push_bind(now_ms);
-            });
-            qb.push(";\n");
-        }
+        qb.push(
+            "INSERT INTO raw_requests (id, connector, received_at, method, path, headers, body,
+                body_size, events) ",
+        );
+        qb.push_values(raws, |mut b, r| {
+            b.push_bind(r.id.clone())
+                .push_bind(r.connector.clone())
+                .push_bind(r.received_at_ms)
+                .push_bind(r.method.clone())
+                .push_bind(r.path.clone())
+                .push_bind(r.headers_json.clone())
+                // Webhook JSON compresses 3-5x; every stored byte is written twice (WAL,
+                // then the checkpoint), so this is most of a raw request's cost. Lossless.
+                .push_bind(lz4_flex::compress_prepend_size(&r.body))
+                .push_bind(r.body.len() as i64)
+                .push_bind(r.events);
+        });
     })
 }
 
-/// Appends `INSERT INTO clicks` statements, each ending in `;`.
-fn push_insert_clicks(qb: &mut Builder, clicks: &[ClickRow]) {
-    crate::db!(qb, qb => for chunk in clicks.chunks(CLICK_CHUNK) {
+/// Appends one insert (no terminator) of events that could not become conversions.
+fn push_failures(qb: &mut Builder, failures: &[&FailureRecord], now_ms: i64) {
+    crate::db!(qb, qb => {
+        qb.push(
+            "INSERT INTO ingest_failures (id, raw_request_id, connector, event_type, event_id,
+                code, message, created_at) ",
+        );
+        qb.push_values(failures, |mut b, f| {
+            b.push_bind(f.id.clone())
+                .push_bind(f.raw_request_id.clone())
+                .push_bind(f.connector.clone())
+                .push_bind(f.event_type.clone())
+                .push_bind(f.event_id.clone())
+                .push_bind(f.code.clone())
+                .push_bind(f.message.clone())
+                .push_bind(now_ms);
+        });
+    })
+}
+
+/// Appends one `INSERT INTO clicks` (no terminator).
+fn push_clicks(qb: &mut Builder, clicks: &[ClickRow]) {
+    crate::db!(qb, qb => {
         qb.push(
             "INSERT INTO clicks (click_id, offer_id, affiliate_id, sub1, sub2, sub3, sub4, sub5,
                 ip, user_agent, referrer, clicked_at) ",
         );
-        qb.push_values(chunk, |mut b, c| {
+        qb.push_values(clicks, |mut b, c| {
             b.push_bind(c.click_id.clone())
                 .push_bind(c.offer_id)
                 .push_bind(c.affiliate_id);
@@ -516,7 +661,7 @@ fn push_insert_clicks(qb: &mut Builder, clicks: &[ClickRow]) {
                 .push_bind(c.clicked_at_ms);
         });
         // A click ID is 128 random bits; a collision means a replayed row, not a new click.
-        qb.push(" ON CONFLICT DO NOTHING;\n");
+        qb.push(" ON CONFLICT DO NOTHING");
     })
 }
 
