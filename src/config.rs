@@ -132,6 +132,9 @@ pub struct ClickIdSettings {
 pub struct WriterSettings {
     /// Most work items committed in one transaction.
     pub max_batch: usize,
+    /// PostgreSQL: writer tasks, each committing its own batches on its own connection
+    /// (SQLite has exactly one writer).
+    pub connections: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -398,6 +401,7 @@ struct RawKey {
 #[serde(deny_unknown_fields)]
 struct RawWriter {
     max_batch: Option<usize>,
+    connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -703,6 +707,13 @@ fn validate(
         return Err(invalid(
             "writer.max_batch".into(),
             "must be between 1 and 10000".into(),
+        ));
+    }
+    let writer_connections = raw.writer.connections.unwrap_or(4);
+    if !(1..=64).contains(&writer_connections) {
+        return Err(invalid(
+            "writer.connections".into(),
+            "must be between 1 and 64".into(),
         ));
     }
 
@@ -1023,7 +1034,10 @@ fn validate(
         network_currency,
         fx_rates,
         click_ids: ClickIdSettings { active, keys },
-        writer: WriterSettings { max_batch },
+        writer: WriterSettings {
+            max_batch,
+            connections: writer_connections,
+        },
         advertisers,
         affiliates,
         offers,

@@ -162,7 +162,7 @@ fn replay(
         let url = &settings.server.database_url;
         let result = async {
             // Opening migrates (idempotently), so apalis' tables exist even on a fresh file.
-            drop(postgate::store::open(url).await?);
+            drop(postgate::store::open(url, 1).await?);
             let pool = postgate::store::worker_pool(url, 2).await?;
             let deliveries = postgate::delivery::admin::Deliveries::new(pool);
             let ids = deliveries.select(&filter).await?;

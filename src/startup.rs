@@ -59,7 +59,7 @@ impl Application {
             writer: mut target,
             read,
             checkpointer,
-        } = store::open(&settings.server.database_url).await?;
+        } = store::open(&settings.server.database_url, settings.writer.connections).await?;
         let (keys, mut snapshot) = match &mut target {
             Db::Sqlite(conn) => prepare(&mut Conn::from(conn), settings).await?,
             Db::Postgres(pool) => {

@@ -147,6 +147,86 @@ pub fn own_receipt(d: &Decision) -> Receipt {
 /// Rows per conversion insert, for callers that batch statements themselves.
 pub const CHUNK: usize = INSERT_CHUNK;
 
+/// A conversion row as inserted, from a fresh decision.
+struct Row {
+    id: String,
+    source: String,
+    source_event_id: Option<String>,
+    advertiser_id: i64,
+    offer_id: Option<i64>,
+    affiliate_id: Option<i64>,
+    goal: Option<String>,
+    click_id: Option<String>,
+    clicked_at: Option<i64>,
+    transaction_id: Option<String>,
+    status: &'static str,
+    decision: &'static str,
+    reasons: String,
+    amount_minor: Option<i64>,
+    currency: Option<&'static str>,
+    fx_rate: Option<String>,
+    network_currency: Option<&'static str>,
+    network_amount_minor: Option<i64>,
+    payout_minor: Option<i64>,
+    revenue_minor: Option<i64>,
+    occurred_at: Option<i64>,
+    attributes: String,
+    txn_key: Option<String>,
+    click_goal_key: Option<String>,
+    event_key: Option<String>,
+    raw_request_id: Option<String>,
+}
+
+impl Row {
+    fn of(d: &Decision) -> Result<Self, StoreError> {
+        let reasons: Vec<&Reason> = d.rejections.iter().chain(&d.flags).collect();
+        let a = d.amounts;
+        let keys = d.holds_dedupe_keys();
+        Ok(Row {
+            id: d.conversion_id.clone(),
+            source: d.source.clone(),
+            source_event_id: d.source_event_id.clone(),
+            advertiser_id: d.advertiser_id,
+            offer_id: d.offer_id,
+            affiliate_id: d.affiliate_id,
+            goal: d.goal.clone(),
+            click_id: d.click_id.clone(),
+            clicked_at: d.clicked_at.map(|t| t.timestamp_millis()),
+            transaction_id: d.transaction_id.clone(),
+            status: if d.is_rejected() {
+                Status::Rejected.as_str()
+            } else {
+                d.status.as_str()
+            },
+            decision: if d.is_rejected() {
+                "rejected"
+            } else {
+                "accepted"
+            },
+            reasons: serde_json::to_string(&reasons)?,
+            amount_minor: a.map(|a| a.amount.minor),
+            currency: a.map(|a| a.amount.currency.code()),
+            fx_rate: a.map(|a| a.fx_rate.to_string()),
+            network_currency: a.map(|a| a.network_amount.currency.code()),
+            network_amount_minor: a.map(|a| a.network_amount.minor),
+            payout_minor: a.map(|a| a.payout.minor),
+            revenue_minor: a.map(|a| a.revenue.minor),
+            occurred_at: d.occurred_at.map(|t| t.timestamp_millis()),
+            attributes: serde_json::to_string(&d.attributes)?,
+            txn_key: d.txn_key.clone().filter(|_| keys),
+            click_goal_key: d.click_goal_key.clone().filter(|_| keys),
+            event_key: d.event_key.clone().filter(|_| keys),
+            raw_request_id: d.raw_request_id.clone(),
+        })
+    }
+}
+
+const CONVERSION_INSERT: &str = "INSERT INTO conversions (id, created_at, updated_at, source,
+    source_event_id, advertiser_id, offer_id, affiliate_id, goal, click_id, clicked_at,
+    transaction_id, status, decision, reasons, amount_minor, currency, fx_rate, network_currency,
+    network_amount_minor, payout_minor, revenue_minor, occurred_at, attributes, txn_key,
+    click_goal_key, event_key, raw_request_id) ";
+
 /// Appends one `INSERT INTO conversions … ON CONFLICT DO NOTHING` statement (no terminator)
 /// for `decisions` (at most [`CHUNK`]). A row that collides on a dedupe key is skipped, not
 /// an error.
@@ -155,71 +235,135 @@ pub fn push_insert_conversions(
     decisions: &[&Decision],
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    {
-        let chunk = decisions;
-        let mut encoded = Vec::with_capacity(chunk.len());
-        for d in chunk {
-            let reasons: Vec<&Reason> = d.rejections.iter().chain(&d.flags).collect();
-            encoded.push((
-                serde_json::to_string(&reasons)?,
-                serde_json::to_string(&d.attributes)?,
-            ));
-        }
-        crate::db!(&mut *qb, qb => {
-            qb.push(
-                "INSERT INTO conversions (id, created_at, updated_at, source, source_event_id,
-                    advertiser_id, offer_id, affiliate_id, goal, click_id, clicked_at, transaction_id,
-                    status, decision, reasons, amount_minor, currency, fx_rate, network_currency,
-                    network_amount_minor, payout_minor, revenue_minor, occurred_at, attributes,
-                    txn_key, click_goal_key, event_key, raw_request_id) ",
-            );
-            qb.push_values(
-                chunk.iter().zip(encoded),
-                |mut b, (d, (reasons, attributes))| {
-                    let status = if d.is_rejected() {
-                        Status::Rejected
-                    } else {
-                        d.status
-                    };
-                    let a = d.amounts;
-                    let keys = d.holds_dedupe_keys();
-                    b.push_bind(d.conversion_id.clone())
-                        .push_bind(now_ms)
-                        .push_bind(now_ms)
-                        .push_bind(d.source.clone())
-                        .push_bind(d.source_event_id.clone())
-                        .push_bind(d.advertiser_id)
-                        .push_bind(d.offer_id)
-                        .push_bind(d.affiliate_id)
-                        .push_bind(d.goal.clone())
-                        .push_bind(d.click_id.clone())
-                        .push_bind(d.clicked_at.map(|t| t.timestamp_millis()))
-                        .push_bind(d.transaction_id.clone())
-                        .push_bind(status.as_str())
-                        .push_bind(if d.is_rejected() {
-                            "rejected"
-                        } else {
-                            "accepted"
-                        })
-                        .push_bind(reasons)
-                        .push_bind(a.map(|a| a.amount.minor))
-                        .push_bind(a.map(|a| a.amount.currency.code()))
-                        .push_bind(a.map(|a| a.fx_rate.to_string()))
-                        .push_bind(a.map(|a| a.network_amount.currency.code()))
-                        .push_bind(a.map(|a| a.network_amount.minor))
-                        .push_bind(a.map(|a| a.payout.minor))
-                        .push_bind(a.map(|a| a.revenue.minor))
-                        .push_bind(d.occurred_at.map(|t| t.timestamp_millis()))
-                        .push_bind(attributes)
-                        .push_bind(d.txn_key.clone().filter(|_| keys))
-                        .push_bind(d.click_goal_key.clone().filter(|_| keys))
-                        .push_bind(d.event_key.clone().filter(|_| keys))
-                        .push_bind(d.raw_request_id.clone());
-                },
-            );
-            qb.push(" ON CONFLICT DO NOTHING");
+    let rows = decisions
+        .iter()
+        .map(|d| Row::of(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::db!(qb, qb => {
+        qb.push(CONVERSION_INSERT);
+        qb.push_values(rows, |mut b, r| {
+            b.push_bind(r.id)
+                .push_bind(now_ms)
+                .push_bind(now_ms)
+                .push_bind(r.source)
+                .push_bind(r.source_event_id)
+                .push_bind(r.advertiser_id)
+                .push_bind(r.offer_id)
+                .push_bind(r.affiliate_id)
+                .push_bind(r.goal)
+                .push_bind(r.click_id)
+                .push_bind(r.clicked_at)
+                .push_bind(r.transaction_id)
+                .push_bind(r.status)
+                .push_bind(r.decision)
+                .push_bind(r.reasons)
+                .push_bind(r.amount_minor)
+                .push_bind(r.currency)
+                .push_bind(r.fx_rate)
+                .push_bind(r.network_currency)
+                .push_bind(r.network_amount_minor)
+                .push_bind(r.payout_minor)
+                .push_bind(r.revenue_minor)
+                .push_bind(r.occurred_at)
+                .push_bind(r.attributes)
+                .push_bind(r.txn_key)
+                .push_bind(r.click_goal_key)
+                .push_bind(r.event_key)
+                .push_bind(r.raw_request_id);
         });
-    }
+        qb.push(" ON CONFLICT DO NOTHING");
+    });
+    Ok(())
+}
+
+/// PostgreSQL: the same insert as [`push_insert_conversions`] with one array parameter per
+/// column (`SELECT … FROM UNNEST(…)`), for any number of rows. Thousands of scalar
+/// parameters cost PostgreSQL more to plan than the insert itself (measured: 92 ms for a
+/// 61-row batch, 12 ms as arrays).
+pub fn push_insert_conversions_unnest(
+    qb: &mut sqlx::QueryBuilder<sqlx::Postgres>,
+    decisions: &[&Decision],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let rows = decisions
+        .iter()
+        .map(|d| Row::of(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let col = |f: fn(&Row) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let int = |f: fn(&Row) -> Option<i64>| rows.iter().map(f).collect::<Vec<_>>();
+    qb.push(CONVERSION_INSERT);
+    qb.push("SELECT v.id, ");
+    qb.push_bind(now_ms);
+    qb.push(", ");
+    qb.push_bind(now_ms);
+    qb.push(
+        ", v.source, v.source_event_id, v.advertiser_id,
+        v.offer_id, v.affiliate_id, v.goal, v.click_id, v.clicked_at, v.transaction_id,
+        v.status, v.decision, v.reasons, v.amount_minor, v.currency, v.fx_rate,
+        v.network_currency, v.network_amount_minor, v.payout_minor, v.revenue_minor,
+        v.occurred_at, v.attributes, v.txn_key, v.click_goal_key, v.event_key, v.raw_request_id
+        FROM UNNEST(",
+    );
+    let mut list = qb.separated(", ");
+    list.push_bind(col(|r| Some(r.id.clone())))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| Some(r.source.clone())))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| r.source_event_id.clone()))
+        .push_unseparated("::text[]");
+    list.push_bind(int(|r| Some(r.advertiser_id)))
+        .push_unseparated("::int8[]");
+    list.push_bind(int(|r| r.offer_id))
+        .push_unseparated("::int8[]");
+    list.push_bind(int(|r| r.affiliate_id))
+        .push_unseparated("::int8[]");
+    list.push_bind(col(|r| r.goal.clone()))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| r.click_id.clone()))
+        .push_unseparated("::text[]");
+    list.push_bind(int(|r| r.clicked_at))
+        .push_unseparated("::int8[]");
+    list.push_bind(col(|r| r.transaction_id.clone()))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| Some(r.status.to_owned())))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| Some(r.decision.to_owned())))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| Some(r.reasons.clone())))
+        .push_unseparated("::text[]");
+    list.push_bind(int(|r| r.amount_minor))
+        .push_unseparated("::int8[]");
+    list.push_bind(col(|r| r.currency.map(str::to_owned)))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| r.fx_rate.clone()))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| r.network_currency.map(str::to_owned)))
+        .push_unseparated("::text[]");
+    list.push_bind(int(|r| r.network_amount_minor))
+        .push_unseparated("::int8[]");
+    list.push_bind(int(|r| r.payout_minor))
+        .push_unseparated("::int8[]");
+    list.push_bind(int(|r| r.revenue_minor))
+        .push_unseparated("::int8[]");
+    list.push_bind(int(|r| r.occurred_at))
+        .push_unseparated("::int8[]");
+    list.push_bind(col(|r| Some(r.attributes.clone())))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| r.txn_key.clone()))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| r.click_goal_key.clone()))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| r.event_key.clone()))
+        .push_unseparated("::text[]");
+    list.push_bind(col(|r| r.raw_request_id.clone()))
+        .push_unseparated("::text[]");
+    qb.push(
+        ") AS v(id, source, source_event_id, advertiser_id, offer_id, affiliate_id, goal,
+            click_id, clicked_at, transaction_id, status, decision, reasons, amount_minor,
+            currency, fx_rate, network_currency, network_amount_minor, payout_minor,
+            revenue_minor, occurred_at, attributes, txn_key, click_goal_key, event_key,
+            raw_request_id) ON CONFLICT DO NOTHING",
+    );
     Ok(())
 }
 

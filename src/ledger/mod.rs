@@ -134,6 +134,57 @@ pub fn push_insert(qb: &mut Builder, postings: &[Posting], now_ms: i64, guard: G
     })
 }
 
+/// PostgreSQL: [`push_insert`] with one array parameter per column, keeping the lines whose
+/// conversion the `WITH` query `cte` inserted.
+pub fn push_insert_unnest(
+    qb: &mut sqlx::QueryBuilder<sqlx::Postgres>,
+    postings: &[Posting],
+    now_ms: i64,
+    cte: &str,
+) {
+    qb.push(
+        "INSERT INTO ledger_postings (conversion_id, kind, account, currency, amount_minor,
+            created_at) SELECT v.conversion_id, v.kind, v.account, v.currency, v.amount_minor, ",
+    );
+    qb.push_bind(now_ms);
+    qb.push(" FROM UNNEST(");
+    let mut list = qb.separated(", ");
+    list.push_bind(
+        postings
+            .iter()
+            .map(|p| p.conversion_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .push_unseparated("::text[]");
+    list.push_bind(
+        postings
+            .iter()
+            .map(|p| p.kind.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .push_unseparated("::text[]");
+    list.push_bind(
+        postings
+            .iter()
+            .map(|p| p.account.clone())
+            .collect::<Vec<_>>(),
+    )
+    .push_unseparated("::text[]");
+    list.push_bind(
+        postings
+            .iter()
+            .map(|p| p.currency.clone())
+            .collect::<Vec<_>>(),
+    )
+    .push_unseparated("::text[]");
+    list.push_bind(postings.iter().map(|p| p.amount_minor).collect::<Vec<_>>())
+        .push_unseparated("::int8[]");
+    qb.push(") AS v(conversion_id, kind, account, currency, amount_minor)")
+        .push(" WHERE v.conversion_id IN (SELECT id FROM ")
+        .push(cte)
+        .push(")");
+}
+
 /// The negation of everything a conversion has posted so far, so that after it the
 /// conversion's net is zero on every account.
 pub async fn reversal_postings(

@@ -149,6 +149,93 @@ fn push_keyed(qb: &mut Builder, jobs: &[(DeliveryJob, i64, String)], guard: Guar
     })
 }
 
+/// PostgreSQL: [`push_deliveries`] with one array parameter per column, keeping the
+/// deliveries whose conversion the `WITH` query `cte` inserted; `RETURNING id` for the jobs.
+pub fn push_deliveries_unnest(
+    qb: &mut sqlx::QueryBuilder<sqlx::Postgres>,
+    rows: &[NewDelivery],
+    now_ms: i64,
+    cte: &str,
+) {
+    qb.push(
+        "INSERT INTO deliveries (id, conversion_id, endpoint, affiliate_id, offer_id, status,
+            state, series, attempts, series_started_at, next_attempt_at, created_at, updated_at)
+         SELECT v.id, v.conversion_id, v.endpoint, v.affiliate_id, v.offer_id, v.status,
+            'pending', 1, 0, v.at, v.at, v.at, v.at FROM UNNEST(",
+    );
+    let mut list = qb.separated(", ");
+    list.push_bind(rows.iter().map(|d| d.id.clone()).collect::<Vec<_>>())
+        .push_unseparated("::text[]");
+    list.push_bind(
+        rows.iter()
+            .map(|d| d.conversion_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .push_unseparated("::text[]");
+    list.push_bind(rows.iter().map(|d| d.endpoint.clone()).collect::<Vec<_>>())
+        .push_unseparated("::text[]");
+    list.push_bind(rows.iter().map(|d| d.affiliate_id).collect::<Vec<_>>())
+        .push_unseparated("::int8[]");
+    list.push_bind(rows.iter().map(|d| d.offer_id).collect::<Vec<_>>())
+        .push_unseparated("::int8[]");
+    list.push_bind(rows.iter().map(|d| d.status.to_owned()).collect::<Vec<_>>())
+        .push_unseparated("::text[]");
+    list.push_bind(vec![now_ms; rows.len()])
+        .push_unseparated("::int8[]");
+    qb.push(") AS v(id, conversion_id, endpoint, affiliate_id, offer_id, status, at)")
+        .push(" WHERE v.conversion_id IN (SELECT id FROM ")
+        .push(cte)
+        .push(") RETURNING id");
+}
+
+/// PostgreSQL: [`push_first_jobs`] with array parameters, keeping the jobs whose delivery
+/// the `WITH` query `cte` inserted. Mirrors apalis-postgres' own `push_tasks`, which also
+/// inserts from `UNNEST`.
+pub fn push_first_jobs_unnest(
+    qb: &mut sqlx::QueryBuilder<sqlx::Postgres>,
+    rows: &[NewDelivery],
+    now_ms: i64,
+    cte: &str,
+) {
+    let jobs: Vec<DeliveryJob> = rows.iter().map(|d| DeliveryJob::first(&d.id, 1)).collect();
+    qb.push(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at,
+            priority, metadata, idempotency_key)
+         SELECT v.job, v.id, ",
+    );
+    qb.push_bind(QUEUE);
+    qb.push(", 'Pending', 0, ");
+    qb.push_bind(INFRA_ATTEMPTS as i32);
+    qb.push(", to_timestamp(");
+    qb.push_bind(now_ms / 1000);
+    qb.push("), 0, ''::hstore, v.key FROM UNNEST(");
+    let mut list = qb.separated(", ");
+    list.push_bind(jobs.iter().map(DeliveryJob::encode).collect::<Vec<_>>())
+        .push_unseparated("::bytea[]");
+    list.push_bind(
+        jobs.iter()
+            .map(|_| ulid::Ulid::generate().to_string())
+            .collect::<Vec<_>>(),
+    )
+    .push_unseparated("::text[]");
+    list.push_bind(
+        jobs.iter()
+            .map(DeliveryJob::idempotency_key)
+            .collect::<Vec<_>>(),
+    )
+    .push_unseparated("::text[]");
+    list.push_bind(
+        jobs.iter()
+            .map(|j| j.delivery_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .push_unseparated("::text[]");
+    qb.push(") AS v(job, id, key, delivery_id)")
+        .push(" WHERE v.delivery_id IN (SELECT id FROM ")
+        .push(cte)
+        .push(") ON CONFLICT (job_type, idempotency_key) DO NOTHING");
+}
+
 /// Inserts deliveries and their first jobs on `conn` (inside the caller's transaction).
 pub async fn insert(
     conn: &mut Conn<'_>,

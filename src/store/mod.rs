@@ -156,11 +156,11 @@ pub struct Opened {
 }
 
 /// Opens (creating if needed) and migrates the database `url` names: `sqlite:<path>` or
-/// `postgres://…`.
-pub async fn open(url: &str) -> Result<Opened, StoreError> {
+/// `postgres://…` (with `writers` connections for the writer tasks; SQLite has one).
+pub async fn open(url: &str, writers: u32) -> Result<Opened, StoreError> {
     match backend_of(url)? {
         Backend::Sqlite => sqlite::open(url).await,
-        Backend::Postgres => postgres::open(url).await,
+        Backend::Postgres => postgres::open(url, writers).await,
     }
 }
 

@@ -14,10 +14,6 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::{Db, Opened, StoreError};
 
-/// Writer tasks per gateway. Each commits its own batches on its own connection: while one
-/// waits for its commit to be flushed, the others fill the next batches.
-pub const WRITERS: u32 = 4;
-
 fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
     Ok(PgConnectOptions::from_str(url)?
         .application_name("postgate")
@@ -34,7 +30,11 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
 
 /// Connects and migrates. Gateways starting together are safe: sqlx's migrator holds an
 /// advisory lock while it runs.
-pub async fn open(url: &str) -> Result<Opened, StoreError> {
+///
+/// `writers` is the number of writer tasks (`[writer] connections`): each commits its own
+/// batches on its own connection, so while one waits for its commit to be flushed, the
+/// others fill the next batches.
+pub async fn open(url: &str, writers: u32) -> Result<Opened, StoreError> {
     let options = connect_options(url)?;
     let read = pool_options(8).connect_with(options.clone()).await?;
     sqlx::migrate!("./migrations/postgres").run(&read).await?;
@@ -43,7 +43,7 @@ pub async fn open(url: &str) -> Result<Opened, StoreError> {
     let mut migrator = apalis_postgres::PostgresStorage::<()>::migrations();
     migrator.dangerous_set_table_name("_apalis_migrations");
     migrator.run(&read).await?;
-    let writer = pool_options(WRITERS + 1).connect_with(options).await?;
+    let writer = pool_options(writers).connect_with(options).await?;
     Ok(Opened {
         writer: Db::Postgres(writer),
         read: Db::Postgres(read),

@@ -133,8 +133,8 @@ impl WriterHandle {
 }
 
 /// Starts the writer: on SQLite one task on its own thread with the only write connection;
-/// on PostgreSQL [`super::postgres::WRITERS`] tasks sharing the queue, each committing its
-/// own batches. They stop when every handle is dropped and the queue is drained.
+/// on PostgreSQL one task per connection of the writer pool, sharing the queue, each
+/// committing its own batches. They stop when every handle is dropped and the queue is drained.
 pub fn spawn(
     target: Db<SqliteConnection, PgPool>,
     max_batch: usize,
@@ -159,7 +159,7 @@ pub fn spawn(
         }
         Db::Postgres(pool) => {
             let rx = Arc::new(Mutex::new(rx));
-            let writers: Vec<_> = (0..super::postgres::WRITERS)
+            let writers: Vec<_> = (0..pool.options().get_max_connections())
                 .map(|_| tokio::spawn(run(Target::Postgres(pool.clone()), rx.clone(), max_batch)))
                 .collect();
             tokio::spawn(async move {
@@ -180,7 +180,38 @@ enum Target {
     Postgres(PgPool),
 }
 
+/// The most a PostgreSQL batch statement should carry, in bytes (estimated). sqlx 0.9 does
+/// not set `TCP_NODELAY`: a message larger than the socket's send buffer goes out in
+/// several writes, and Nagle holds each later one until the server's delayed ACK (40 ms on
+/// Linux). Measured: a 60-row batch took 46 ms over TCP and 3.4 ms over a Unix socket;
+/// with batches under this size, four writers carry 9k postbacks/s over TCP. A single large
+/// request (a big webhook body) can still exceed it; Unix sockets avoid the stall entirely.
+const POSTGRES_BATCH_BYTES: usize = 12 * 1024;
+
 impl Target {
+    /// How many of the queued commands the next batch takes: all on SQLite; on PostgreSQL
+    /// as many as fit [`POSTGRES_BATCH_BYTES`] (estimated), at least one.
+    fn batch_len(&self, commands: &[Command]) -> usize {
+        if matches!(self, Target::Sqlite(_)) {
+            return commands.len();
+        }
+        let mut bytes = 0;
+        for (n, command) in commands.iter().enumerate() {
+            bytes += match command {
+                Command::Click(_) => 300,
+                Command::Ingest { work, .. } => {
+                    work.decisions.len() * 800
+                        + work.failures.len() * 300
+                        + work.raw.as_ref().map_or(0, |r| 200 + r.body.len() / 2)
+                }
+            };
+            if bytes > POSTGRES_BATCH_BYTES && n > 0 {
+                return n;
+            }
+        }
+        commands.len()
+    }
+
     /// A whole batch, the fast way each backend allows: every new conversion with its
     /// postings, deliveries, raw requests and clicks in one round trip. Conversions that
     /// collided with an earlier one (a duplicate or a status update) were skipped there, with
@@ -194,12 +225,7 @@ impl Target {
         let fast = FastRows::of(batch);
         let landed = match self {
             Target::Sqlite(conn) => sqlite_fast(conn, batch, &fast, clicks).await?,
-            Target::Postgres(pool) => {
-                if fast.binds(batch, clicks) > POSTGRES_MAX_BINDS {
-                    return self.commit(batch, clicks).await;
-                }
-                postgres_fast(pool, batch, &fast, clicks).await?
-            }
+            Target::Postgres(pool) => postgres_fast(pool, batch, &fast, clicks).await?,
         };
         let is_done = |d: &Decision| {
             apply::is_fresh(d)
@@ -264,15 +290,18 @@ impl Target {
 async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_batch: usize) {
     let mut buffer = Vec::with_capacity(max_batch);
     loop {
-        // One task takes a batch while the others commit theirs.
-        let received = rx.lock().await.recv_many(&mut buffer, max_batch).await;
-        if received == 0 {
-            break;
+        if buffer.is_empty() {
+            // One task takes a batch while the others commit theirs.
+            let received = rx.lock().await.recv_many(&mut buffer, max_batch).await;
+            if received == 0 {
+                break;
+            }
         }
+        let take = target.batch_len(&buffer);
         let mut works = Vec::new();
         let mut replies = Vec::new();
         let mut clicks = Vec::new();
-        for command in buffer.drain(..) {
+        for command in buffer.drain(..take) {
             match command {
                 Command::Ingest { work, reply } => {
                     works.push(*work);
@@ -379,21 +408,7 @@ impl<'a> FastRows<'a> {
             deliveries,
         }
     }
-
-    /// Bind parameters the one-statement form needs.
-    fn binds(&self, batch: &Batch<'_>, clicks: &[ClickRow]) -> usize {
-        28 * self.fresh.len()
-            + 6 * self.postings.len()
-            + 13 * self.deliveries.len()
-            + 9 * batch.raws.len()
-            + 8 * batch.failures.len()
-            + 12 * clicks.len()
-            + 2
-    }
 }
-
-/// PostgreSQL refuses more than 65 535 parameters in one statement.
-const POSTGRES_MAX_BINDS: usize = 60_000;
 
 /// The ids of the new conversions that were inserted; `None` when all were.
 type Landed = Option<std::collections::HashSet<String>>;
@@ -476,10 +491,10 @@ async fn sqlite_fast(
 }
 
 /// PostgreSQL's one round trip: one statement, so one implicit transaction and one commit.
-/// Each insert is a query of a `WITH` list; postings and deliveries keep only the rows whose
-/// conversion the `conversions` query returned (sibling queries share one snapshot, so an
-/// existence check would not see them), jobs only those whose delivery was inserted.
-/// Foreign keys are checked at the end of the statement, after every insert.
+/// Each insert is a query of a `WITH` list, fed by one array parameter per column; postings
+/// and deliveries keep only the rows whose conversion the `conversions` query returned
+/// (sibling queries share one snapshot, so an existence check would not see them), jobs only
+/// those whose delivery was inserted. Foreign keys are checked at the end of the statement.
 async fn postgres_fast(
     pool: &PgPool,
     batch: &Batch<'_>,
@@ -487,67 +502,41 @@ async fn postgres_fast(
     clicks: &[ClickRow],
 ) -> Result<Landed, StoreError> {
     let now_ms = Utc::now().timestamp_millis();
-    let mut qb: Builder = Db::Postgres(QueryBuilder::new("WITH "));
-    let mut parts = 0;
-    let mut open = |qb: &mut Builder, name: &str| {
-        if let Db::Postgres(q) = qb {
-            if parts > 0 {
-                q.push(",\n");
-            }
-            q.push(name).push(" AS (");
-        }
-        parts += 1;
-    };
-    let close = |qb: &mut Builder, returning: &str| {
-        if let Db::Postgres(q) = qb {
-            q.push(returning).push(")");
-        }
-    };
-    // Conversions first: the others refer to it. Always present, so the statement ends in
-    // a query on it.
-    open(&mut qb, "c");
+    // Conversions first: the others refer to it, and the statement ends in a query on it.
+    let mut qb = QueryBuilder::<sqlx::Postgres>::new("WITH c AS (");
     if fast.fresh.is_empty() {
-        if let Db::Postgres(q) = &mut qb {
-            q.push("SELECT id FROM conversions WHERE false");
-        }
-        close(&mut qb, "");
+        qb.push("SELECT id FROM conversions WHERE false)");
     } else {
-        apply::push_insert_conversions(&mut qb, &fast.fresh, now_ms)?;
-        close(&mut qb, " RETURNING id");
+        apply::push_insert_conversions_unnest(&mut qb, &fast.fresh, now_ms)?;
+        qb.push(" RETURNING id)");
     }
     if !fast.postings.is_empty() {
-        open(&mut qb, "p");
-        crate::ledger::push_insert(&mut qb, &fast.postings, now_ms, Guard::ParentIn("c"));
-        close(&mut qb, "");
+        qb.push(",\np AS (");
+        crate::ledger::push_insert_unnest(&mut qb, &fast.postings, now_ms, "c");
+        qb.push(")");
     }
     if !fast.deliveries.is_empty() {
-        open(&mut qb, "d");
-        enqueue::push_deliveries(&mut qb, &fast.deliveries, now_ms, Guard::ParentIn("c"));
-        close(&mut qb, " RETURNING id");
-        open(&mut qb, "j");
-        enqueue::push_first_jobs(&mut qb, &fast.deliveries, now_ms, Guard::ParentIn("d"));
-        close(&mut qb, "");
+        qb.push(",\nd AS (");
+        enqueue::push_deliveries_unnest(&mut qb, &fast.deliveries, now_ms, "c");
+        qb.push("),\nj AS (");
+        enqueue::push_first_jobs_unnest(&mut qb, &fast.deliveries, now_ms, "d");
+        qb.push(")");
     }
     if !batch.raws.is_empty() {
-        open(&mut qb, "r");
-        push_raws(&mut qb, &batch.raws);
-        close(&mut qb, "");
+        qb.push(",\nr AS (");
+        push_raws_unnest(&mut qb, &batch.raws);
+        qb.push(")");
     }
     if !batch.failures.is_empty() {
-        open(&mut qb, "f");
-        push_failures(&mut qb, &batch.failures, now_ms);
-        close(&mut qb, "");
+        qb.push(",\nf AS (");
+        push_failures_unnest(&mut qb, &batch.failures, now_ms);
+        qb.push(")");
     }
     if !clicks.is_empty() {
-        open(&mut qb, "k");
-        push_clicks(&mut qb, clicks);
-        close(&mut qb, "");
+        qb.push(",\nk AS (");
+        push_clicks_unnest(&mut qb, clicks);
+        qb.push(")");
     }
-    let Db::Postgres(mut qb) = qb else {
-        return Err(StoreError::Corrupt(
-            "query built for the other backend".into(),
-        ));
-    };
     qb.push("\nSELECT id FROM c");
     let ids: Vec<(String,)> = qb
         .build_query_as()
@@ -558,6 +547,172 @@ async fn postgres_fast(
         return Ok(None);
     }
     Ok(Some(ids.into_iter().map(|(id,)| id).collect()))
+}
+
+/// Binds `values` as one array parameter of SQL type `sql_type` (e.g. `text[]`).
+fn push_array<T>(
+    list: &mut sqlx::query_builder::Separated<'_, sqlx::Postgres, &str>,
+    values: Vec<T>,
+    sql_type: &str,
+) where
+    Vec<T>: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    list.push_bind(values)
+        .push_unseparated("::")
+        .push_unseparated(sql_type.to_owned());
+}
+
+fn push_raws_unnest(qb: &mut QueryBuilder<sqlx::Postgres>, raws: &[&RawRecord]) {
+    qb.push(
+        "INSERT INTO raw_requests (id, connector, received_at, method, path, headers, body,
+            body_size, events) SELECT * FROM UNNEST(",
+    );
+    let mut list = qb.separated(", ");
+    push_array(
+        &mut list,
+        raws.iter().map(|r| r.id.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        raws.iter().map(|r| r.connector.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        raws.iter().map(|r| r.received_at_ms).collect(),
+        "int8[]",
+    );
+    push_array(
+        &mut list,
+        raws.iter().map(|r| r.method.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        raws.iter().map(|r| r.path.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        raws.iter().map(|r| r.headers_json.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        raws.iter()
+            .map(|r| lz4_flex::compress_prepend_size(&r.body))
+            .collect(),
+        "bytea[]",
+    );
+    push_array(
+        &mut list,
+        raws.iter().map(|r| r.body.len() as i64).collect(),
+        "int8[]",
+    );
+    push_array(&mut list, raws.iter().map(|r| r.events).collect(), "int8[]");
+    qb.push(")");
+}
+
+fn push_failures_unnest(
+    qb: &mut QueryBuilder<sqlx::Postgres>,
+    failures: &[&FailureRecord],
+    now_ms: i64,
+) {
+    qb.push(
+        "INSERT INTO ingest_failures (id, raw_request_id, connector, event_type, event_id, code,
+            message, created_at) SELECT * FROM UNNEST(",
+    );
+    let mut list = qb.separated(", ");
+    push_array(
+        &mut list,
+        failures.iter().map(|f| f.id.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        failures.iter().map(|f| f.raw_request_id.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        failures.iter().map(|f| f.connector.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        failures.iter().map(|f| f.event_type.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        failures.iter().map(|f| f.event_id.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        failures.iter().map(|f| f.code.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        failures.iter().map(|f| f.message.clone()).collect(),
+        "text[]",
+    );
+    push_array(&mut list, vec![now_ms; failures.len()], "int8[]");
+    qb.push(")");
+}
+
+fn push_clicks_unnest(qb: &mut QueryBuilder<sqlx::Postgres>, clicks: &[ClickRow]) {
+    qb.push(
+        "INSERT INTO clicks (click_id, offer_id, affiliate_id, sub1, sub2, sub3, sub4, sub5, ip,
+            user_agent, referrer, clicked_at) SELECT * FROM UNNEST(",
+    );
+    let mut list = qb.separated(", ");
+    push_array(
+        &mut list,
+        clicks.iter().map(|c| c.click_id.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        clicks.iter().map(|c| c.offer_id).collect(),
+        "int8[]",
+    );
+    push_array(
+        &mut list,
+        clicks.iter().map(|c| c.affiliate_id).collect(),
+        "int8[]",
+    );
+    for n in 0..5 {
+        push_array(
+            &mut list,
+            clicks.iter().map(|c| c.subs[n].clone()).collect(),
+            "text[]",
+        );
+    }
+    push_array(
+        &mut list,
+        clicks.iter().map(|c| c.ip.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        clicks.iter().map(|c| c.user_agent.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        clicks.iter().map(|c| c.referrer.clone()).collect(),
+        "text[]",
+    );
+    push_array(
+        &mut list,
+        clicks.iter().map(|c| c.clicked_at_ms).collect(),
+        "int8[]",
+    );
+    // A click ID is 128 random bits; a collision means a replayed row, not a new click.
+    qb.push(") ON CONFLICT DO NOTHING");
 }
 
 /// Writes a batch and clicks statement by statement, inside the caller's transaction.
