@@ -9,6 +9,7 @@
 
 mod concurrent_duplicates;
 mod delivery_backlog;
+mod kill_during_delivery;
 mod kill_during_ingest;
 #[path = "../support/mod.rs"]
 mod support;
@@ -123,11 +124,12 @@ impl Gateway {
             config,
             env,
         };
-        gateway.spawn();
+        gateway.start_again();
         gateway
     }
 
-    fn spawn(&mut self) {
+    /// Starts the binary again (after [`Self::kill`]) on the same configuration and database.
+    pub fn start_again(&mut self) {
         // start_binary blocks on the child's log until it listens.
         let (child, base) = tokio::task::block_in_place(|| {
             support::start_binary(&self.config, self.env.iter().map(|(k, v)| (k, v)))
@@ -147,7 +149,7 @@ impl Gateway {
     /// `kill -9` and start again on the same database (a new port: see [`Self::base`]).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.start_again();
     }
 
     /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
@@ -289,4 +291,10 @@ async fn concurrent_duplicates_across_channels_sqlite() {
 async fn restart_with_delivery_backlog_sqlite() {
     let dir = tempfile::tempdir().expect("dir");
     delivery_backlog::run(dir.path(), &database_url(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_during_delivery_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    kill_during_delivery::run(dir.path(), &database_url(dir.path())).await;
 }
