@@ -77,14 +77,15 @@ async fn start_affiliate(n: usize) -> (Arc<Affiliate>, String) {
     (aff, base)
 }
 
-/// RSS samples (MiB) every 250 ms until `done` holds; panics past `guard` (a hang guard).
+/// RSS samples (MiB) every 250 ms until `progress` says done; panics past `guard` (a hang
+/// guard) with the last progress report.
 async fn sample_until(
     gateway: &Gateway,
     what: &str,
     guard: Duration,
-    mut done: impl FnMut() -> bool,
+    mut progress: impl FnMut() -> (bool, String),
 ) -> Vec<u64> {
-    let deadline = Instant::now() + guard;
+    let start = Instant::now();
     let mut samples = Vec::new();
     loop {
         let rss = gateway.memory_kib("VmRSS");
@@ -94,10 +95,23 @@ async fn sample_until(
             rss / 1024
         );
         samples.push(rss / 1024);
-        if done() {
+        let (done, report) = progress();
+        if done {
             return samples;
         }
-        assert!(Instant::now() < deadline, "{what}: never happened");
+        assert!(
+            start.elapsed() < guard,
+            "{what}: not done after {} s: {report}; RSS MiB {}",
+            guard.as_secs(),
+            range(&samples)
+        );
+        if samples.len() % 40 == 0 {
+            println!(
+                "reliability backlog: {what}: {report} after {:.0} s, RSS {rss_mib} MiB",
+                start.elapsed().as_secs_f64(),
+                rss_mib = rss / 1024
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -172,11 +186,24 @@ pub async fn run(dir: &Path, database_url: &str) {
     gateway.restart();
     let base = gateway.base.clone();
     let retry_target = refused_before + n.min(5_000);
+    println!(
+        "reliability backlog: {n} conversions queued in {ingest_secs:.1} s, \
+         {refused_before} attempts refused, peak RSS {ingest_hwm} MiB; restarted"
+    );
     let down = sample_until(
         &gateway,
         "retrying the backlog after restart",
         guard,
-        || affiliate.refused.load(Ordering::SeqCst) >= retry_target,
+        || {
+            let refused = affiliate.refused.load(Ordering::SeqCst);
+            (
+                refused >= retry_target,
+                format!(
+                    "{} attempts refused since restart",
+                    refused - refused_before
+                ),
+            )
+        },
     )
     .await;
 
@@ -184,7 +211,8 @@ pub async fn run(dir: &Path, database_url: &str) {
     affiliate.up.store(true, Ordering::SeqCst);
     let drain = Instant::now();
     let draining = sample_until(&gateway, "the backlog drains", guard, || {
-        affiliate.distinct.load(Ordering::SeqCst) >= n
+        let delivered = affiliate.distinct.load(Ordering::SeqCst);
+        (delivered >= n, format!("{delivered} of {n} delivered"))
     })
     .await;
     let drain_secs = drain.elapsed().as_secs_f64();
