@@ -175,6 +175,23 @@ pub async fn run(dir: &Path, database_url: &str) {
         .collect()
         .await;
     let ingest_secs = ingest.elapsed().as_secs_f64();
+    let queued_during_ingest = affiliate.refused.load(Ordering::SeqCst);
+    println!(
+        "reliability backlog: {n} conversions queued in {ingest_secs:.1} s \
+         ({queued_during_ingest} attempts refused meanwhile)"
+    );
+
+    // The affiliate stays down a while: the worker keeps failing attempts (finished jobs and
+    // their retries are in the queue when the gateway dies, as in production).
+    let first_target = n.min(5_000);
+    let first = sample_until(&gateway, "retrying the backlog", guard, || {
+        let refused = affiliate.refused.load(Ordering::SeqCst);
+        (
+            refused >= first_target,
+            format!("{refused} attempts refused"),
+        )
+    })
+    .await;
     let ingest_hwm = gateway.memory_kib("VmHWM") / 1024;
     assert!(
         ingest_hwm < RSS_LIMIT_KIB / 1024,
@@ -187,8 +204,9 @@ pub async fn run(dir: &Path, database_url: &str) {
     let base = gateway.base.clone();
     let retry_target = refused_before + n.min(5_000);
     println!(
-        "reliability backlog: {n} conversions queued in {ingest_secs:.1} s, \
-         {refused_before} attempts refused, peak RSS {ingest_hwm} MiB; restarted"
+        "reliability backlog: {refused_before} attempts refused, peak RSS {ingest_hwm} MiB, \
+         RSS MiB {}; killed and restarted",
+        range(&first)
     );
     let down = sample_until(
         &gateway,
@@ -249,11 +267,13 @@ pub async fn run(dir: &Path, database_url: &str) {
     pass(
         "restart_with_delivery_backlog",
         &format!(
-            "backlog={n} ingest={:.0}/s ingest_peak_rss_mib={ingest_hwm} \
-             refused_before_restart={refused_before} refused_after_restart={} \
+            "backlog={n} ingest={:.0}/s peak_rss_mib_before_restart={ingest_hwm} \
+             rss_mib_before_restart={} refused_before_restart={refused_before} \
+             refused_after_restart={} \
              rss_mib_down={} rss_mib_draining={} peak_rss_mib={} drained_in={drain_secs:.1}s \
              ({:.0}/s) delivered={} duplicates={} seconds={:.1}",
             n as f64 / ingest_secs,
+            range(&first),
             affiliate.refused.load(Ordering::SeqCst) - refused_before,
             range(&down),
             range(&draining),
