@@ -133,6 +133,11 @@ async fn apalis_schema(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     let mut migrator = apalis_sqlite::SqliteStorage::<()>::migrations();
     migrator.dangerous_set_table_name("_apalis_migrations");
     migrator.run(&mut *conn).await?;
+    // Planned on LIdx (lock_by), apalis' ack re-reads every job this worker ever finished on
+    // each ack; without it, it goes by job id (docs/RELIABILITY.md, Findings).
+    sqlx::query("DROP INDEX IF EXISTS LIdx")
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("ANALYZE Jobs").execute(&mut *conn).await?;
     // Connections opened after this (readers, the worker's pool) load these statistics.
     sqlx::query(
