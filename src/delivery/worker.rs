@@ -54,6 +54,10 @@ pub struct DeliveryContext {
     endpoints: HashMap<String, Endpoint>,
     schedule: RetrySchedule,
     limiter: KeyedLimiter<String>,
+    /// One slot per attempt (`delivery:series:attempt`): two copies of one attempt can be
+    /// queued at once (the original re-run after a crash, and the copy put back while its
+    /// endpoint was busy); only one of them sends.
+    attempts: KeyedLimiter<String>,
 }
 
 impl DeliveryContext {
@@ -77,6 +81,7 @@ impl DeliveryContext {
             endpoints,
             schedule: settings.schedule.clone(),
             limiter: KeyedLimiter::new(settings.per_endpoint_concurrency),
+            attempts: KeyedLimiter::new(1),
         })
     }
 }
@@ -254,6 +259,13 @@ struct Loaded {
 }
 
 async fn attempt(job: &DeliveryJob, ctx: &DeliveryContext) -> Result<(), StoreError> {
+    // Before reading the row: a copy that started after this one finished must see its
+    // attempt logged.
+    let Some(_attempt) = ctx.attempts.try_acquire(job.idempotency_key()) else {
+        // The other copy sends it and records the outcome; this one is done.
+        tracing::debug!(delivery = %job.delivery_id, attempt = job.attempt_no, "Attempt already in flight.");
+        return Ok(());
+    };
     let row: Option<Loaded> = crate::db!(&ctx.pool, p => {
         sqlx::query_as(LOAD)
             .bind(&job.delivery_id)

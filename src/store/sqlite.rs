@@ -77,22 +77,15 @@ pub async fn open(url: &str) -> Result<Opened, StoreError> {
 /// whatever connection it gets. Its migrations keep their own bookkeeping table — sharing
 /// `_sqlx_migrations` would make ours fail with `VersionMissing`. The name must never change.
 ///
-/// Then the planner gets statistics saying `lock_by` is unselective: without them apalis'
-/// lock and ack statements scan every pending or finished job, and a backlog of 100 k drains
-/// at under 100 jobs/s instead of thousands (measured in the pg-outbound research crate).
+/// Then apalis' `lock_by` index goes: planned on it, apalis' ack re-reads every job its
+/// worker ever finished, on every ack, and a retried backlog of 100 k drained slower and
+/// slower (224/s down to 89/s); by job id it drains at about 2 000/s. None of apalis'
+/// statements needs it (docs/RELIABILITY.md, Findings).
 async fn apalis_schema(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     let mut migrator = apalis_sqlite::SqliteStorage::<()>::migrations();
     migrator.dangerous_set_table_name("_apalis_migrations");
     migrator.run(&mut *conn).await?;
-    sqlx::query("ANALYZE Jobs").execute(&mut *conn).await?;
-    // Connections opened after this (readers, the worker's pool) load these statistics.
-    sqlx::query(
-        "DELETE FROM sqlite_stat1 WHERE tbl = 'Jobs' AND idx = 'LIdx';
-         INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('Jobs', 'LIdx', '1000000 500000');",
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("ANALYZE sqlite_schema")
+    sqlx::query("DROP INDEX IF EXISTS LIdx")
         .execute(&mut *conn)
         .await?;
     Ok(())
