@@ -1054,7 +1054,7 @@ fn spool_settings(raw: RawSpool, database_url: &str) -> Result<SpoolSettings, (S
             "must be between 1 and 8760".into(),
         ));
     }
-    let backoff = raw.max_backoff_seconds.unwrap_or(300);
+    let backoff = raw.max_backoff_seconds.unwrap_or(10);
     if !(1..=3600).contains(&backoff) {
         return Err((
             "max_backoff_seconds".into(),

@@ -137,6 +137,30 @@ pub enum StoreError {
     Url(String),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached at all (as opposed to refusing this write):
+    /// connection failures, timeouts waiting for a connection, a server shutting down or
+    /// refusing connections.
+    pub fn is_unavailable(&self) -> bool {
+        let Self::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // SQLSTATE 08: connection exception; 57P0x: admin/crash shutdown, cannot connect
+            // now; 55000 is what a database refusing connections (ALLOW_CONNECTIONS) says.
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "55000"),
+            _ => false,
+        }
+    }
+}
+
 /// The database as the rest of postgate sees it.
 #[derive(Clone)]
 pub struct Store {

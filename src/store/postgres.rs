@@ -23,9 +23,9 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
 fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
-        // A request waits this long for a connection before it is answered 503; a database
-        // that is down fails fast instead of holding every handler.
-        .acquire_timeout(Duration::from_secs(5))
+        // A write waits this long for a connection before its request goes to the spool
+        // (202 queued); a database that is down fails fast instead of holding handlers.
+        .acquire_timeout(Duration::from_secs(3))
 }
 
 /// Connects and migrates. Gateways starting together are safe: sqlx's migrator holds an

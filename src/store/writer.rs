@@ -321,6 +321,14 @@ async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_ba
                     let _ = reply.send(Ok(mine));
                 }
             }
+            // The database is unreachable: retrying item by item would only make each caller
+            // wait longer before its request goes to the spool.
+            Err(error) if error.is_unavailable() => {
+                tracing::warn!(error = %error_chain(&error), items = works.len() + clicks.len(), "Database unavailable; batch not written.");
+                for reply in replies {
+                    let _ = reply.send(Err(WriteFailed));
+                }
+            }
             Err(error) if works.len() + clicks.len() > 1 => {
                 tracing::warn!(
                     error = %error_chain(&error),

@@ -20,41 +20,45 @@ const CLIENTS: usize = 16;
 const RESTARTS: usize = 5;
 
 /// The amount reported for conversion `i`, in cents: varied so a lost or doubled one shows.
-fn amount(i: usize) -> i64 {
+pub fn amount(i: usize) -> i64 {
     1_000 + (i % 97) as i64 * 100 + (i % 100) as i64
 }
 
-fn transaction(i: usize) -> String {
+pub fn transaction(i: usize) -> String {
     format!("KDI-{i}")
 }
 
 /// What the client finally got for conversion `i`.
-struct Ack {
-    conversion_id: String,
-    duplicate: bool,
+pub struct Ack {
+    pub conversion_id: String,
+    pub duplicate: bool,
 }
 
 #[derive(Default)]
-struct Counters {
-    sent: AtomicUsize,
-    acked: AtomicUsize,
-    retries: AtomicUsize,
-    duplicates: AtomicUsize,
+pub struct Counters {
+    pub sent: AtomicUsize,
+    pub acked: AtomicUsize,
+    pub retries: AtomicUsize,
+    pub duplicates: AtomicUsize,
 }
 
 /// Sends conversion `i` until a 2xx (connection errors and 5xx are retried after a pause;
-/// any other status is a failure), following the gateway to its current address.
-async fn send_until_acked(
+/// any other status is a failure), following the gateways to their current addresses and
+/// moving on to the next one after a failure.
+pub async fn send_until_acked(
     client: &reqwest::Client,
-    base: &RwLock<String>,
+    base: &RwLock<Vec<String>>,
     click: &str,
     i: usize,
     counters: &Counters,
 ) -> Ack {
     let payout = decimal(amount(i));
     let txn = transaction(i);
-    loop {
-        let url = format!("{}/postback", base.read().expect("base").as_str());
+    for attempt in 0.. {
+        let url = {
+            let bases = base.read().expect("base");
+            format!("{}/postback", bases[(i + attempt) % bases.len()])
+        };
         counters.sent.fetch_add(1, Ordering::Relaxed);
         let resp = client
             .get(url)
@@ -100,6 +104,7 @@ async fn send_until_acked(
             duplicate,
         };
     }
+    unreachable!("the retry loop only ends with an answer")
 }
 
 pub async fn run(dir: &Path, database_url: &str) {
@@ -109,7 +114,7 @@ pub async fn run(dir: &Path, database_url: &str) {
     let client = client();
     let clicks = Arc::new(clicks(&client, &gateway.base, n).await);
 
-    let base = Arc::new(RwLock::new(gateway.base.clone()));
+    let base = Arc::new(RwLock::new(vec![gateway.base.clone()]));
     let counters = Arc::new(Counters::default());
     let next = Arc::new(AtomicUsize::new(0));
     let acks: Arc<Mutex<Vec<Option<Ack>>>> = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
@@ -142,7 +147,7 @@ pub async fn run(dir: &Path, database_url: &str) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         gateway.restart();
-        *base.write().expect("base") = gateway.base.clone();
+        *base.write().expect("base") = vec![gateway.base.clone()];
         restarts += 1;
     }
     for task in tasks {
@@ -200,7 +205,7 @@ pub async fn run(dir: &Path, database_url: &str) {
 
     // Every transaction sent once more: a duplicate naming the acknowledged conversion.
     let replay = Counters::default();
-    let lock = Arc::new(RwLock::new(base.clone()));
+    let lock = Arc::new(RwLock::new(vec![base.clone()]));
     futures_util::stream::iter(0..n)
         .map(|i| {
             let (client, lock, acks, clicks, replay) = (

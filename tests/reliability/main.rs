@@ -8,11 +8,13 @@
 //! What each scenario proves and the measured figures: `docs/RELIABILITY.md`.
 
 mod concurrent_duplicates;
+mod database_outage;
 mod delivery_backlog;
 mod kill_during_delivery;
 mod kill_during_ingest;
 #[path = "../support/mod.rs"]
 mod support;
+mod two_gateways;
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -164,6 +166,11 @@ impl Gateway {
     pub fn restart(&mut self) {
         self.kill();
         self.start_again();
+    }
+
+    /// The running child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
@@ -342,5 +349,21 @@ async fn kill_during_delivery_postgres() {
     let dir = tempfile::tempdir().expect("dir");
     if let Some(url) = postgres_url(dir.path()) {
         kill_during_delivery::run(dir.path(), &url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_one_killed_postgres() {
+    let dir = tempfile::tempdir().expect("dir");
+    if let Some(url) = postgres_url(dir.path()) {
+        two_gateways::run(dir.path(), &url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_outage_postgres() {
+    let dir = tempfile::tempdir().expect("dir");
+    if let Some(url) = postgres_url(dir.path()) {
+        database_outage::run(dir.path(), &url).await;
     }
 }
