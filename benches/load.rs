@@ -276,12 +276,6 @@ fn serve_postgate() {
     )
     .expect("bench config");
     let mut settings = settings;
-    if let Some(n) = std::env::var("DIAG_WRITERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-    {
-        settings.writer.connections = n;
-    }
     settings.spool.dir = Path::new(&dir).join(format!("spool-{}", std::process::id()));
     runtime().block_on(async move {
         let app = postgate::startup::Application::build(&settings)

@@ -106,12 +106,6 @@ impl<'a> Conn<'a> {
     }
 }
 
-impl Pool {
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Db::Postgres(_))
-    }
-}
-
 /// A storage failure. Callers answer 503 `storage_unavailable`; the cause is logged once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,4 +1,5 @@
-//! The group-commit writer: one task owns the database's only write connection.
+//! The group-commit writer: on SQLite one task owns the database's only write connection;
+//! on PostgreSQL a few tasks (`[writer] connections`) take batches from the same queue.
 //!
 //! A durable acknowledgement costs an fsync, and a disk manages a few thousand per second;
 //! one transaction per request would cap postgate there. Instead, handlers do the expensive,
@@ -8,7 +9,8 @@
 //! the next batch queues up, so batches grow with load and latency stays flat.
 //!
 //! If a batch fails, its items are retried one transaction each, so one bad item never
-//! takes its neighbours down with it.
+//! takes its neighbours down with it — unless the database is unreachable: then the whole
+//! batch fails at once and its requests go to the spool.
 //!
 //! Clicks ride along without a reply: the redirect is answered before its row is written.
 //! The worst case loss on a crash is the clicks waiting in the channel plus one batch; a
