@@ -62,7 +62,11 @@ impl Application {
         } = store::open(&settings.server.database_url, settings.writer.connections).await?;
         let (keys, mut snapshot) = match &mut target {
             Db::Sqlite(conn) => prepare(&mut Conn::from(conn), settings).await?,
-            Db::Postgres(pool) => {
+            Db::Postgres(_) => {
+                // From the read pool: the writer pool's connections belong to the writer.
+                let Db::Postgres(pool) = &read else {
+                    return Err(StoreError::Corrupt("mixed backends".into()).into());
+                };
                 let mut conn = pool.acquire().await.map_err(StoreError::from)?;
                 prepare(&mut Conn::from(&mut *conn), settings).await?
             }

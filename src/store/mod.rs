@@ -132,6 +132,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether retrying the same transaction may succeed: PostgreSQL aborted it to break a
+    /// deadlock (40P01) or a serialization conflict (40001) with another writer.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| c == "40P01" || c == "40001"))
+    }
+
     /// Whether the database could not be reached at all (as opposed to refusing this write):
     /// connection failures, timeouts waiting for a connection, a server shutting down or
     /// refusing connections.

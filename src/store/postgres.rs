@@ -43,7 +43,9 @@ pub async fn open(url: &str, writers: u32) -> Result<Opened, StoreError> {
     let mut migrator = apalis_postgres::PostgresStorage::<()>::migrations();
     migrator.dangerous_set_table_name("_apalis_migrations");
     migrator.run(&read).await?;
-    let writer = pool_options(writers).connect_with(options).await?;
+    // Lazy: its connections are opened by the writer tasks, on the writer's own runtime
+    // (see `writer::spawn`); the read pool has already proven the server is there.
+    let writer = pool_options(writers).connect_lazy_with(options);
     Ok(Opened {
         writer: Db::Postgres(writer),
         read: Db::Postgres(read),

@@ -159,17 +159,21 @@ pub fn spawn(
                 Err(e) => tracing::error!(error = %e, "Writer runtime could not start."),
             })
         }
+        // Likewise on PostgreSQL: the writer tasks share one thread and runtime of their own,
+        // where their pool opens its connections (a socket answers on the runtime that
+        // opened it).
         Db::Postgres(pool) => {
-            let rx = Arc::new(Mutex::new(rx));
-            let writers: Vec<_> = (0..pool.options().get_max_connections())
-                .map(|_| tokio::spawn(run(Target::Postgres(pool.clone()), rx.clone(), max_batch)))
-                .collect();
-            tokio::spawn(async move {
-                for writer in writers {
-                    if let Err(e) = writer.await {
-                        tracing::error!(error = %e, "Writer task ended abnormally.");
-                    }
-                }
+            tokio::task::spawn_blocking(move || match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(async move {
+                    let rx = Arc::new(Mutex::new(rx));
+                    let writers = (0..pool.options().get_max_connections())
+                        .map(|_| run(Target::Postgres(pool.clone()), rx.clone(), max_batch));
+                    futures_util::future::join_all(writers).await;
+                }),
+                Err(e) => tracing::error!(error = %e, "Writer runtime could not start."),
             })
         }
     };
@@ -227,7 +231,19 @@ impl Target {
         let fast = FastRows::of(batch);
         let landed = match self {
             Target::Sqlite(conn) => sqlite_fast(conn, batch, &fast, clicks).await?,
-            Target::Postgres(pool) => postgres_fast(pool, batch, &fast, clicks).await?,
+            Target::Postgres(pool) => {
+                let mut tries = 0;
+                loop {
+                    match postgres_fast(pool, batch, &fast, clicks).await {
+                        Err(e) if e.is_transient() && tries < TRANSIENT_RETRIES => {
+                            tries += 1;
+                            let pause = rand::random_range(1..=10 * tries as u64);
+                            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                        }
+                        result => break result?,
+                    }
+                }
+            }
         };
         let is_done = |d: &Decision| {
             apply::is_fresh(d)
@@ -280,13 +296,38 @@ impl Target {
                 Ok(receipts)
             }
             Target::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let receipts = write_all(&mut Conn::from(&mut *tx), batch, clicks).await?;
-                tx.commit().await?;
-                Ok(receipts)
+                // Writers on several connections (and gateways) lock conversion rows in
+                // their own arrival order; PostgreSQL breaks the rare deadlock by aborting one
+                // transaction, which then simply runs again.
+                let mut tries = 0;
+                loop {
+                    match postgres_commit(pool, batch, clicks).await {
+                        Err(e) if e.is_transient() && tries < TRANSIENT_RETRIES => {
+                            tries += 1;
+                            tracing::debug!(error = %error_chain(&e), tries, "Transaction retried.");
+                            let pause = rand::random_range(1..=10 * tries as u64);
+                            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                        }
+                        result => return result,
+                    }
+                }
             }
         }
     }
+}
+
+/// Times a PostgreSQL transaction aborted by a deadlock is run again.
+const TRANSIENT_RETRIES: u32 = 5;
+
+async fn postgres_commit(
+    pool: &PgPool,
+    batch: &Batch<'_>,
+    clicks: &[ClickRow],
+) -> Result<Vec<Receipt>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let receipts = write_all(&mut Conn::from(&mut *tx), batch, clicks).await?;
+    tx.commit().await?;
+    Ok(receipts)
 }
 
 async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_batch: usize) {

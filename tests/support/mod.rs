@@ -94,7 +94,15 @@ pub fn start_binary<K: AsRef<OsStr>, V: AsRef<OsStr>>(
             break rest.trim().parse().expect("port");
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    // TEST_LOG=1 shows the child's log; otherwise it is drained unread.
+    let echo = std::env::var_os("TEST_LOG").is_some();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if echo {
+                eprintln!("[postgate {port}] {line}");
+            }
+        }
+    });
     (child, format!("http://127.0.0.1:{port}"))
 }
 
