@@ -65,14 +65,6 @@ pub type Conn<'a> = Db<&'a mut SqliteConnection, &'a mut PgConnection>;
 pub type Builder = Db<QueryBuilder<Sqlite>, QueryBuilder<Postgres>>;
 
 impl<'a> Conn<'a> {
-    /// A shorter borrow of the same connection, to pass on while keeping this one.
-    pub fn reborrow(&mut self) -> Conn<'_> {
-        match self {
-            Db::Sqlite(c) => Db::Sqlite(&mut **c),
-            Db::Postgres(c) => Db::Postgres(&mut **c),
-        }
-    }
-
     /// An empty query builder for this connection's backend.
     pub fn builder(&self) -> Builder {
         match self {
