@@ -101,7 +101,7 @@ pub const CHUNK: usize = INSERT_CHUNK;
 /// most [`CHUNK`]). `guard` decides which lines are kept: with a guard, a line is written
 /// only if its conversion was written — so postings can ride in the same round trip as
 /// conversion inserts that may have been skipped as duplicates.
-pub fn push_insert(qb: &mut Builder, postings: &[Posting], now_ms: i64, guard: Guard<'_>) {
+pub fn push_insert(qb: &mut Builder, postings: &[Posting], now_ms: i64, guard: Guard) {
     crate::db!(qb, qb => {
         qb.push(
             "INSERT INTO ledger_postings (conversion_id, kind, account, currency, amount_minor, created_at) ",
@@ -124,11 +124,6 @@ pub fn push_insert(qb: &mut Builder, postings: &[Posting], now_ms: i64, guard: G
             Guard::All => {}
             Guard::ParentExists => {
                 qb.push(") AS v WHERE EXISTS (SELECT 1 FROM conversions c WHERE c.id = v.column1)");
-            }
-            Guard::ParentIn(cte) => {
-                qb.push(") AS v WHERE v.column1 IN (SELECT id FROM ")
-                    .push(cte)
-                    .push(")");
             }
         }
     })

@@ -53,7 +53,7 @@ pub const CHUNK: usize = 1000;
 
 /// Appends one delivery insert (no terminator) for `rows` (at most [`CHUNK`]); `guard` is on
 /// each delivery's conversion.
-pub fn push_deliveries(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64, guard: Guard<'_>) {
+pub fn push_deliveries(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64, guard: Guard) {
     crate::db!(qb, qb => {
         qb.push(
             "INSERT INTO deliveries (id, conversion_id, endpoint, affiliate_id, offer_id, status,
@@ -77,16 +77,13 @@ pub fn push_deliveries(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64, guar
             Guard::ParentExists => {
                 qb.push(" WHERE EXISTS (SELECT 1 FROM conversions c WHERE c.id = v.column2)");
             }
-            Guard::ParentIn(cte) => {
-                qb.push(" WHERE v.column2 IN (SELECT id FROM ").push(cte).push(")");
-            }
         }
     })
 }
 
 /// Appends the insert of the first-attempt jobs of `rows` (no terminator); `guard` is on
 /// each job's delivery.
-pub fn push_first_jobs(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64, guard: Guard<'_>) {
+pub fn push_first_jobs(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64, guard: Guard) {
     let jobs: Vec<(DeliveryJob, i64, String)> = rows
         .iter()
         .map(|d| {
@@ -100,7 +97,7 @@ pub fn push_first_jobs(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64, guar
 
 /// Appends one job insert (no terminator) for `jobs` (job, run_at unix seconds, idempotency
 /// key). A job whose key is already queued is skipped.
-fn push_keyed(qb: &mut Builder, jobs: &[(DeliveryJob, i64, String)], guard: Guard<'_>) {
+fn push_keyed(qb: &mut Builder, jobs: &[(DeliveryJob, i64, String)], guard: Guard) {
     match qb {
         Db::Sqlite(qb) => {
             qb.push(
@@ -140,10 +137,6 @@ fn push_keyed(qb: &mut Builder, jobs: &[(DeliveryJob, i64, String)], guard: Guar
             Guard::ParentExists => {
                 qb.push(") AS v WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = v.column5)")
             }
-            Guard::ParentIn(cte) => qb
-                .push(") AS v WHERE v.column5 IN (SELECT id FROM ")
-                .push(cte)
-                .push(")"),
         };
         qb.push(" ON CONFLICT (job_type, idempotency_key) DO NOTHING");
     })

@@ -46,15 +46,12 @@ macro_rules! db {
 
 /// Which rows an insert that depends on another table's rows keeps.
 #[derive(Debug, Clone, Copy)]
-pub enum Guard<'a> {
+pub enum Guard {
     /// Every row.
     All,
     /// Rows whose parent row exists (it may have been skipped as a duplicate earlier in the
     /// same round trip).
     ParentExists,
-    /// Rows whose parent was inserted by the named `WITH` query of the same statement
-    /// (PostgreSQL: sibling queries share one snapshot, so `EXISTS` would not see it).
-    ParentIn(&'a str),
 }
 
 /// A connection pool of either backend.
