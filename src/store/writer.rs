@@ -232,17 +232,7 @@ impl Target {
         let landed = match self {
             Target::Sqlite(conn) => sqlite_fast(conn, batch, &fast, clicks).await?,
             Target::Postgres(pool) => {
-                let mut tries = 0;
-                loop {
-                    match postgres_fast(pool, batch, &fast, clicks).await {
-                        Err(e) if e.is_transient() && tries < TRANSIENT_RETRIES => {
-                            tries += 1;
-                            let pause = rand::random_range(1..=10 * tries as u64);
-                            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                        }
-                        result => break result?,
-                    }
-                }
+                retrying(async || postgres_fast(pool, batch, &fast, clicks).await).await?
             }
         };
         let is_done = |d: &Decision| {
@@ -295,22 +285,11 @@ impl Target {
                 tx.commit().await?;
                 Ok(receipts)
             }
+            // Writers on several connections (and gateways) lock conversion rows in their
+            // own arrival order; PostgreSQL breaks the rare deadlock by aborting one
+            // transaction, which then simply runs again.
             Target::Postgres(pool) => {
-                // Writers on several connections (and gateways) lock conversion rows in
-                // their own arrival order; PostgreSQL breaks the rare deadlock by aborting one
-                // transaction, which then simply runs again.
-                let mut tries = 0;
-                loop {
-                    match postgres_commit(pool, batch, clicks).await {
-                        Err(e) if e.is_transient() && tries < TRANSIENT_RETRIES => {
-                            tries += 1;
-                            tracing::debug!(error = %error_chain(&e), tries, "Transaction retried.");
-                            let pause = rand::random_range(1..=10 * tries as u64);
-                            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                        }
-                        result => return result,
-                    }
-                }
+                retrying(async || postgres_commit(pool, batch, clicks).await).await
             }
         }
     }
@@ -318,6 +297,25 @@ impl Target {
 
 /// Times a PostgreSQL transaction aborted by a deadlock is run again.
 const TRANSIENT_RETRIES: u32 = 5;
+
+/// Runs `attempt`, and again (after a short random pause) while PostgreSQL aborts it to
+/// break a deadlock, up to [`TRANSIENT_RETRIES`] times.
+async fn retrying<T>(
+    mut attempt: impl AsyncFnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_transient() && tries < TRANSIENT_RETRIES => {
+                tries += 1;
+                tracing::debug!(error = %error_chain(&e), tries, "Transaction retried.");
+                let pause = rand::random_range(1..=10 * u64::from(tries));
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            result => return result,
+        }
+    }
+}
 
 async fn postgres_commit(
     pool: &PgPool,
