@@ -21,36 +21,17 @@ use crate::hooks::{count, fixture, send_shopify, shopify_order};
 enum Outage {
     /// Holds SQLite's write lock.
     Sqlite(sqlx::SqliteConnection),
-    /// The test database refuses connections; `server` is the admin connection.
-    Postgres {
-        server: sqlx::PgConnection,
-        database: String,
-    },
+    /// The test database refuses connections.
+    Postgres(String),
 }
 
 impl Outage {
     async fn begin(app: &TestApp) -> Outage {
         // Let queued click rows commit first, so no batch mixes them with the requests.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        if let Ok(server) = std::env::var(crate::support::POSTGRES_ENV) {
-            let database = reqwest::Url::parse(&app.database_url)
-                .expect("database URL")
-                .path()[1..]
-                .to_owned();
-            let mut server = sqlx::PgConnection::connect(&server).await.expect("connect");
-            for sql in [
-                format!("ALTER DATABASE {database} ALLOW_CONNECTIONS false"),
-                format!(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                     WHERE datname = '{database}' AND pid <> pg_backend_pid()"
-                ),
-            ] {
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut server)
-                    .await
-                    .expect("outage");
-            }
-            return Outage::Postgres { server, database };
+        if std::env::var(crate::support::POSTGRES_ENV).is_ok() {
+            crate::support::allow_connections(&app.database_url, false).await;
+            return Outage::Postgres(app.database_url.clone());
         }
         let db = app.dir.path().join("postgate.db");
         let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
@@ -71,17 +52,7 @@ impl Outage {
                     .await
                     .expect("unlock");
             }
-            Outage::Postgres {
-                mut server,
-                database,
-            } => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "ALTER DATABASE {database} ALLOW_CONNECTIONS true"
-                )))
-                .execute(&mut server)
-                .await
-                .expect("end outage");
-            }
+            Outage::Postgres(url) => crate::support::allow_connections(&url, true).await,
         }
     }
 }

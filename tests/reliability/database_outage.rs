@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::Connection;
 
 use crate::kill_during_ingest::{amount, transaction};
 use crate::{
@@ -27,7 +26,9 @@ const CLIENTS: usize = 8;
 
 /// How the database is taken away.
 enum Outage {
-    Database { server: String, name: String },
+    /// The scenario's database refuses connections.
+    Database(String),
+    /// The server is stopped.
     Server,
 }
 
@@ -36,43 +37,19 @@ impl Outage {
         if std::env::var("POSTGATE_RELIABILITY_STOP_SERVER").is_ok_and(|v| v == "1") {
             return Outage::Server;
         }
-        let server = std::env::var(crate::support::POSTGRES_ENV).expect("PostgreSQL server");
-        let name = reqwest::Url::parse(database_url).expect("URL").path()[1..].to_owned();
-        Outage::Database { server, name }
+        Outage::Database(database_url.to_owned())
     }
 
     async fn begin(&self) {
         match self {
-            Outage::Database { server, name } => {
-                let mut conn = sqlx::PgConnection::connect(server).await.expect("admin");
-                for sql in [
-                    format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"),
-                    format!(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-                    ),
-                ] {
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await
-                        .expect("outage");
-                }
-            }
+            Outage::Database(url) => crate::support::allow_connections(url, false).await,
             Outage::Server => pg_ctlcluster("stop"),
         }
     }
 
     async fn end(&self) {
         match self {
-            Outage::Database { server, name } => {
-                let mut conn = sqlx::PgConnection::connect(server).await.expect("admin");
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "ALTER DATABASE {name} ALLOW_CONNECTIONS true"
-                )))
-                .execute(&mut conn)
-                .await
-                .expect("end outage");
-            }
+            Outage::Database(url) => crate::support::allow_connections(url, true).await,
             Outage::Server => pg_ctlcluster("start"),
         }
     }
@@ -258,7 +235,7 @@ pub async fn run(dir: &Path, database_url: &str) {
             down.as_secs(),
             match outage {
                 Outage::Server => "server-stopped",
-                Outage::Database { .. } => "database-refusing",
+                Outage::Database(_) => "database-refusing",
             },
             drained_in.as_secs_f64(),
             cpu_share * 100.0,

@@ -172,3 +172,31 @@ pub fn write_config(path: &Path, config: &str) {
     )
     .expect("config");
 }
+
+/// PostgreSQL only: makes the test database behind `database_url` refuse new connections
+/// and ends its sessions (`allow = false`), as a server restart looks to a client while the
+/// other tests' databases carry on; `allow = true` ends the outage.
+pub async fn allow_connections(database_url: &str, allow: bool) {
+    use sqlx::Connection as _;
+    let server = std::env::var(POSTGRES_ENV).expect("a PostgreSQL server");
+    let name = reqwest::Url::parse(database_url)
+        .expect("database URL")
+        .path()[1..]
+        .to_owned();
+    let mut conn = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("admin connection");
+    let mut statements = vec![format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}")];
+    if !allow {
+        statements.push(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ));
+    }
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .expect("change the database's connection rights");
+    }
+}
