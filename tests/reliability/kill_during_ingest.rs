@@ -16,7 +16,7 @@ use crate::{
     ACME_TOKEN, Gateway, admin_get, assert_ledger, balances, clicks, client, decimal, pass, size,
 };
 
-const CLIENTS: usize = 16;
+pub const CLIENTS: usize = 16;
 const RESTARTS: usize = 5;
 
 /// The amount reported for conversion `i`, in cents: varied so a lost or doubled one shows.
@@ -107,6 +107,45 @@ pub async fn send_until_acked(
     unreachable!("the retry loop only ends with an answer")
 }
 
+/// What each client's conversion got, by index, once acknowledged.
+pub type Acks = Arc<Mutex<Vec<Option<Ack>>>>;
+
+/// Starts [`CLIENTS`] tasks that send conversions `0..clicks.len()` (one per click) until
+/// each is acknowledged, through the gateways in `bases`.
+pub fn spawn_clients(
+    client: &reqwest::Client,
+    bases: &Arc<RwLock<Vec<String>>>,
+    counters: &Arc<Counters>,
+    clicks: &Arc<Vec<String>>,
+) -> (Vec<tokio::task::JoinHandle<()>>, Acks) {
+    let n = clicks.len();
+    let next = Arc::new(AtomicUsize::new(0));
+    let acks: Acks = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
+    let tasks = (0..CLIENTS)
+        .map(|_| {
+            let (client, bases, counters, next, acks, clicks) = (
+                client.clone(),
+                bases.clone(),
+                counters.clone(),
+                next.clone(),
+                acks.clone(),
+                clicks.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let ack = send_until_acked(&client, &bases, &clicks[i], i, &counters).await;
+                    acks.lock().expect("acks")[i] = Some(ack);
+                }
+            })
+        })
+        .collect();
+    (tasks, acks)
+}
+
 pub async fn run(dir: &Path, database_url: &str) {
     let n = size(1_000, 5_000);
     let started = Instant::now();
@@ -116,29 +155,7 @@ pub async fn run(dir: &Path, database_url: &str) {
 
     let base = Arc::new(RwLock::new(vec![gateway.base.clone()]));
     let counters = Arc::new(Counters::default());
-    let next = Arc::new(AtomicUsize::new(0));
-    let acks: Arc<Mutex<Vec<Option<Ack>>>> = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (client, base, counters, next, acks, clicks) = (
-            client.clone(),
-            base.clone(),
-            counters.clone(),
-            next.clone(),
-            acks.clone(),
-            clicks.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let ack = send_until_acked(&client, &base, &clicks[i], i, &counters).await;
-                acks.lock().expect("acks")[i] = Some(ack);
-            }
-        }));
-    }
+    let (tasks, acks) = spawn_clients(&client, &base, &counters, &clicks);
 
     // Kill at evenly spaced points of progress, so every kill lands while clients are sending.
     let mut restarts = 0;

@@ -3,17 +3,15 @@
 //! acknowledged conversion is there exactly once and the ledger holds exactly their money.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 
-use crate::kill_during_ingest::{Ack, Counters, amount, send_until_acked, transaction};
+use crate::kill_during_ingest::{Ack, CLIENTS, Counters, amount, spawn_clients, transaction};
 use crate::{Gateway, admin_get, assert_ledger, balances, clicks, client, pass, size};
-
-const CLIENTS: usize = 16;
 
 pub async fn run(dir: &Path, database_url: &str) {
     let n = size(1_000, 5_000);
@@ -28,29 +26,7 @@ pub async fn run(dir: &Path, database_url: &str) {
 
     let bases = Arc::new(RwLock::new(vec![a.base.clone(), b.base.clone()]));
     let counters = Arc::new(Counters::default());
-    let next = Arc::new(AtomicUsize::new(0));
-    let acks: Arc<Mutex<Vec<Option<Ack>>>> = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (client, bases, counters, next, acks, clicks) = (
-            client.clone(),
-            bases.clone(),
-            counters.clone(),
-            next.clone(),
-            acks.clone(),
-            clicks.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let ack = send_until_acked(&client, &bases, &clicks[i], i, &counters).await;
-                acks.lock().expect("acks")[i] = Some(ack);
-            }
-        }));
-    }
+    let (tasks, acks) = spawn_clients(&client, &bases, &counters, &clicks);
     // A third of the way in, gateway A dies for good; its clients fail over to B.
     while counters.acked.load(Ordering::Relaxed) < n / 3 {
         tokio::time::sleep(Duration::from_millis(2)).await;
