@@ -59,6 +59,79 @@ pub(crate) struct HmacAuth {
     sig_encoding: SigEncoding,
     timestamp: Option<Timestamp>,
     base_url: String,
+    /// Bytes whose percent-escapes are decoded in `url` / `path_and_query` before signing.
+    url_decode: UrlDecode,
+}
+
+/// A fixed set of percent-escapes to decode in a URL before it is signed, and no others.
+/// HubSpot v3 signs its URI with `%3A` → `:`, `%2F` → `/` … decoded but `%20`, `%26`
+/// and the rest kept; decoding more (or fewer) breaks verification, so the set is exact.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct UrlDecode {
+    /// Decoded bytes, each printable ASCII other than `%`.
+    bytes: Vec<u8>,
+}
+
+impl UrlDecode {
+    /// Parses entries such as `"%3A"` (hex digits in either case).
+    fn parse(escape: &str) -> Result<u8, String> {
+        let bad = || format!("url_decode entry `{escape}` is not a percent-escape such as \"%3A\"");
+        let byte = match escape.as_bytes() {
+            [b'%', hi, lo] => hex_value(*hi)
+                .zip(hex_value(*lo))
+                .map(|(hi, lo)| hi << 4 | lo),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        // Control bytes, space, non-ASCII and `%` itself would make the signed text ambiguous
+        // (`%2541` would sign like `%41`); no platform asks for them.
+        if !byte.is_ascii_graphic() || byte == b'%' {
+            return Err(format!(
+                "url_decode entry `{escape}` decodes to a byte that must stay encoded (only printable ASCII other than `%` may be decoded)"
+            ));
+        }
+        Ok(byte)
+    }
+
+    fn from_bytes(mut bytes: Vec<u8>) -> UrlDecode {
+        bytes.sort_unstable();
+        bytes.dedup();
+        UrlDecode { bytes }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Appends `text` to `out`, decoding exactly the configured escapes (hex in either
+    /// case); every other byte, including other escapes, is copied as received.
+    fn push_decoded(&self, out: &mut Vec<u8>, text: &str) {
+        let b = text.as_bytes();
+        if self.bytes.is_empty() || !b.contains(&b'%') {
+            out.extend_from_slice(b);
+            return;
+        }
+        let mut i = 0;
+        while i < b.len() {
+            let decoded = match (b[i], b.get(i + 1), b.get(i + 2)) {
+                (b'%', Some(&hi), Some(&lo)) => hex_value(hi)
+                    .zip(hex_value(lo))
+                    .map(|(hi, lo)| hi << 4 | lo)
+                    .filter(|byte| self.bytes.contains(byte)),
+                _ => None,
+            };
+            match decoded {
+                Some(byte) => {
+                    out.push(byte);
+                    i += 3;
+                }
+                None => {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -75,6 +148,15 @@ pub(crate) struct TokenAuth {
     header: Option<String>,
     query: Option<String>,
     prefix: Option<String>,
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
 }
 
 /// Compiles one `[[auth]]` table; `min_secret_bytes` guards against empty or toy secrets.
@@ -106,6 +188,7 @@ pub(crate) fn compile(
         ("signature", a.signature.is_some()),
         ("timestamp", a.timestamp.is_some()),
         ("base_url", a.base_url.is_some()),
+        ("url_decode", !a.url_decode.is_empty()),
         ("tokens", !a.tokens.is_empty()),
         ("header", a.header.is_some()),
         ("query", a.query.is_some()),
@@ -124,6 +207,7 @@ pub(crate) fn compile(
             "signature",
             "timestamp",
             "base_url",
+            "url_decode",
         ],
         AuthKind::Token => &["tokens", "header", "query", "prefix"],
         AuthKind::PayloadAllowList => &["path", "allowed"],
@@ -188,6 +272,19 @@ pub(crate) fn compile(
                     "message uses \"url\" but no `base_url` is configured".into(),
                 ));
             }
+            let mut decode = Vec::new();
+            for e in &a.url_decode {
+                decode.push(UrlDecode::parse(e.get_ref()).map_err(|r| at(e.span(), r))?);
+            }
+            let url_decode = UrlDecode::from_bytes(decode);
+            if !url_decode.is_empty()
+                && !a.message.contains(&MessagePart::Url)
+                && !a.message.contains(&MessagePart::PathAndQuery)
+            {
+                return Err(here(
+                    "url_decode applies to the \"url\" and \"path_and_query\" message parts, and message has neither".into(),
+                ));
+            }
             let timestamp = match &a.timestamp {
                 Some(t) if t.tolerance_secs <= 0 => {
                     return Err(here("timestamp.tolerance_secs must be positive".into()));
@@ -216,6 +313,7 @@ pub(crate) fn compile(
                     .unwrap_or_default()
                     .trim_end_matches('/')
                     .to_string(),
+                url_decode,
             }))
         }
         AuthKind::Token => {
@@ -453,10 +551,12 @@ impl HmacAuth {
                     m.extend_from_slice(req.method.to_ascii_uppercase().as_bytes())
                 }
                 MessagePart::Url => {
-                    m.extend_from_slice(self.base_url.as_bytes());
-                    m.extend_from_slice(req.path_and_query.as_bytes());
+                    self.url_decode.push_decoded(&mut m, &self.base_url);
+                    self.url_decode.push_decoded(&mut m, &req.path_and_query);
                 }
-                MessagePart::PathAndQuery => m.extend_from_slice(req.path_and_query.as_bytes()),
+                MessagePart::PathAndQuery => {
+                    self.url_decode.push_decoded(&mut m, &req.path_and_query)
+                }
                 MessagePart::Timestamp => m.extend_from_slice(ts.unwrap_or_default().as_bytes()),
                 MessagePart::Literal(s) => m.extend_from_slice(s.as_bytes()),
                 MessagePart::Header(h) => {
@@ -529,5 +629,64 @@ impl Timestamp {
             });
         }
         Ok(raw.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(escapes: &[&str]) -> UrlDecode {
+        UrlDecode::from_bytes(
+            escapes
+                .iter()
+                .map(|e| UrlDecode::parse(e).unwrap_or_else(|r| panic!("{r}")))
+                .collect(),
+        )
+    }
+
+    fn decode(d: &UrlDecode, text: &str) -> String {
+        let mut out = Vec::new();
+        d.push_decoded(&mut out, text);
+        String::from_utf8(out).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn only_printable_ascii_escapes_other_than_percent_are_accepted() {
+        assert_eq!(UrlDecode::parse("%3A"), Ok(b':'));
+        assert_eq!(UrlDecode::parse("%3a"), Ok(b':'));
+        assert_eq!(UrlDecode::parse("%7E"), Ok(b'~'));
+        for bad in ["3A", "%3", "%3A3", "%G1", "%+1", "", "%", ":"] {
+            let err = UrlDecode::parse(bad).err().unwrap_or_default();
+            assert!(err.contains("not a percent-escape"), "{bad}: {err}");
+        }
+        for must_stay in ["%25", "%20", "%0A", "%00", "%7F", "%C3", "%FF"] {
+            let err = UrlDecode::parse(must_stay).err().unwrap_or_default();
+            assert!(err.contains("must stay encoded"), "{must_stay}: {err}");
+        }
+    }
+
+    #[test]
+    fn exactly_the_configured_escapes_are_decoded_in_either_case() {
+        let d = set(&["%3A", "%2F", "%3F"]);
+        assert_eq!(
+            decode(&d, "/h?next=https%3A%2F%2Fa.example%2Fb%3fc%3Dd%26e%20f"),
+            "/h?next=https://a.example/b?c%3Dd%26e%20f"
+        );
+        // Broken or truncated escapes are copied as they are; decoding is a single pass.
+        assert_eq!(decode(&d, "%"), "%");
+        assert_eq!(decode(&d, "a%3"), "a%3");
+        assert_eq!(decode(&d, "%%3A%3A"), "%::");
+        assert_eq!(decode(&d, "%253A"), "%253A");
+        assert_eq!(decode(&d, "%zz%3A"), "%zz:");
+        // Non-ASCII text passes through untouched.
+        assert_eq!(decode(&d, "/é%3A"), "/é:");
+    }
+
+    #[test]
+    fn no_configured_escapes_copies_the_url_verbatim() {
+        let d = UrlDecode::default();
+        assert!(d.is_empty());
+        assert_eq!(decode(&d, "/h?a=%3A%2F"), "/h?a=%3A%2F");
     }
 }

@@ -87,8 +87,9 @@ pub enum MessagePart {
     Body,
     /// The HTTP method, uppercase.
     Method,
-    /// `base_url` + path and query (HubSpot v3 signs the full URI).
+    /// `base_url` + path and query (HubSpot v3 signs the full URI), after `url_decode`.
     Url,
+    /// Path and query as received, after `url_decode`.
     PathAndQuery,
     /// The timestamp string exactly as received (see `timestamp`).
     Timestamp,
@@ -156,6 +157,10 @@ pub struct AuthFile {
     pub timestamp: Option<TimestampFile>,
     #[serde(default)]
     pub base_url: Option<String>,
+    /// Percent-escapes (`"%3A"`) decoded in the `url` / `path_and_query` message parts before
+    /// signing: HubSpot v3 signs its URI with a fixed set of escapes decoded.
+    #[serde(default)]
+    pub url_decode: Vec<Spanned<String>>,
     // token
     #[serde(default)]
     pub tokens: Vec<Spanned<String>>,

@@ -3,7 +3,10 @@
 use crate::helpers::{ACME_TOKEN, CLICK_KEY_B64, TEST_CONFIG, key_ring};
 
 /// Starts `postgate serve` on `db`; returns the child and its port.
-fn start(config: &std::path::Path, db: &std::path::Path) -> (std::process::Child, String) {
+pub(crate) fn start(
+    config: &std::path::Path,
+    db: &std::path::Path,
+) -> (std::process::Child, String) {
     let url: std::ffi::OsString = crate::support::database_url(db).into();
     crate::support::start_binary(
         config,
@@ -15,6 +18,10 @@ fn start(config: &std::path::Path, db: &std::path::Path) -> (std::process::Child
             ),
             ("SALESFORCE_TOKEN", "sf-token-0123456789abcdef".as_ref()),
             ("SALESFORCE_ORG_ID", "0123456789ABCDENNN".as_ref()),
+            (
+                "STRIPE_WEBHOOK_SECRET",
+                crate::helpers::STRIPE_SECRET.as_ref(),
+            ),
         ],
     )
 }

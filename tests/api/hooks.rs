@@ -8,7 +8,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::helpers::{ACME_TOKEN, SALESFORCE_TOKEN, SHOPIFY_SECRET, TestApp, spawn_app};
+use crate::helpers::{
+    ACME_TOKEN, SALESFORCE_TOKEN, SHOPIFY_SECRET, STRIPE_SECRET, TestApp, spawn_app,
+};
 
 pub(crate) fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(format!("tests/fixtures/{path}")).expect("fixture")
@@ -193,6 +195,117 @@ async fn an_unmapped_shopify_topic_is_recorded_and_answered_so_shopify_stops_ret
     assert_eq!(size as usize, original.len());
     assert_eq!(path, "/hooks/shopify");
     assert!(headers.contains("X-Shopify-Webhook-Id") || headers.contains("x-shopify-webhook-id"));
+}
+
+/// A Stripe event fixture as if it happened now, with `click_id` as its client_reference_id.
+fn stripe_event(path: &str, click_id: Option<&str>) -> Vec<u8> {
+    let text = String::from_utf8(fixture(path)).expect("utf-8");
+    let now = (chrono::Utc::now() + chrono::Duration::seconds(2)).timestamp();
+    let text = text
+        .replace("\"created\": 1326853478", &format!("\"created\": {now}"))
+        .replace("\"created\": 1648319949", &format!("\"created\": {now}"));
+    match click_id {
+        Some(c) => text.replace(
+            "\"client_reference_id\": null",
+            &format!("\"client_reference_id\": \"{c}\""),
+        ),
+        None => text,
+    }
+    .into_bytes()
+}
+
+/// Posts `body` signed as Stripe does: `t=<now>,v1=hex(HMAC-SHA256(secret, "<t>." + body))`.
+async fn send_stripe(app: &TestApp, body: Vec<u8>) -> Value {
+    let t = chrono::Utc::now().timestamp().to_string();
+    let mut mac = Hmac::<Sha256>::new_from_slice(STRIPE_SECRET.as_bytes()).expect("key");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&body);
+    let signature = format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()));
+    let resp = app
+        .client
+        .post(format!("{}/hooks/stripe", app.address))
+        .header("content-type", "application/json")
+        .header("Stripe-Signature", signature)
+        .body(body)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn a_signed_stripe_checkout_is_credited_and_only_a_full_refund_reverses_it() {
+    let app = spawn_app().await;
+    let click = app.click("shoes", "aff1").await;
+    let body = send_stripe(
+        &app,
+        stripe_event(
+            "stripe/checkout_session_completed.stripe-ruby-mock.json",
+            Some(&click),
+        ),
+    )
+    .await;
+    assert_eq!(body["events"][0]["status"], "accepted", "{body}");
+    let id = body["events"][0]["conversion_id"].as_str().expect("id");
+    let conv = app.conversion(id).await;
+    assert_eq!(conv["transaction_id"], "pi_00000000000000");
+    assert_eq!(conv["amount"], "250.00");
+    assert_eq!(conv["click_id"], click.as_str());
+    assert_eq!(app.balance("advertiser:acme:receivable").await, 25_000);
+    assert_eq!(app.balance("affiliate:aff1:payable").await, -1_500);
+
+    // A partial refund is kept with its reason; the purchase stands.
+    let partial = send_stripe(
+        &app,
+        stripe_event("derived/stripe_charge_refunded.partial.json", None),
+    )
+    .await;
+    assert_eq!(partial["events"][0]["status"], "unmapped", "{partial}");
+    assert_eq!(app.balance("affiliate:aff1:payable").await, -1_500);
+
+    // The full refund names the PaymentIntent and carries no click ID.
+    let refund = send_stripe(
+        &app,
+        stripe_event("derived/stripe_charge_refunded.payment_intent.json", None),
+    )
+    .await;
+    assert_eq!(refund["events"][0]["status"], "accepted", "{refund}");
+    assert_eq!(refund["events"][0]["conversion_id"], id);
+    assert_eq!(app.balance("affiliate:aff1:payable").await, 0);
+    assert_eq!(app.balance("advertiser:acme:receivable").await, 0);
+}
+
+#[tokio::test]
+async fn a_stripe_checkout_paid_by_a_delayed_method_is_pending_until_the_payment_settles() {
+    let app = spawn_app().await;
+    let click = app.click("shoes", "aff1").await;
+    let body = send_stripe(
+        &app,
+        stripe_event(
+            "derived/stripe_checkout_session_completed.unpaid.json",
+            Some(&click),
+        ),
+    )
+    .await;
+    assert_eq!(body["events"][0]["status"], "accepted", "{body}");
+    let id = body["events"][0]["conversion_id"].as_str().expect("id");
+    assert_eq!(app.conversion(id).await["status"], "pending");
+    assert_eq!(app.balance("affiliate:aff1:payable").await, 0);
+
+    // async_payment_succeeded names the same PaymentIntent; the session has no click ID.
+    let settled = send_stripe(
+        &app,
+        stripe_event(
+            "derived/stripe_checkout_session_async_payment_succeeded.json",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(settled["events"][0]["status"], "accepted", "{settled}");
+    assert_eq!(settled["events"][0]["conversion_id"], id);
+    assert_eq!(app.conversion(id).await["status"], "approved");
+    assert_eq!(app.balance("affiliate:aff1:payable").await, -1_500);
 }
 
 pub(crate) async fn count(app: &TestApp, sql: &str) -> i64 {

@@ -20,7 +20,7 @@ fn check_validates_the_demo_config_and_runs_every_mapping_case() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("postgate.toml: ok"), "{stdout}");
-    assert!(stdout.contains("test cases: 21/21 passed"), "{stdout}");
+    assert!(stdout.contains("test cases: 30/30 passed"), "{stdout}");
 }
 
 #[test]

@@ -224,6 +224,71 @@ fn a_signed_shopify_order_goes_through_verify_decode_and_map_with_the_exact_orde
 }
 
 #[test]
+fn a_signed_stripe_checkout_and_its_refund_map_to_one_transaction_purchased_then_reversed() {
+    use hmac::{Hmac, KeyInit, Mac};
+    let secret = "whsec_0123456789abcdef0123456789abcdef";
+    let c = shipped("stripe", &[("STRIPE_WEBHOOK_SECRET", secret)], 16);
+    let set = MappingSet::load_dir(&root().join("mappings")).unwrap_or_else(|e| panic!("{e:?}"));
+    let now = Utc::now();
+    let signed = |body: Bytes| {
+        let t = now.timestamp().to_string();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+            .unwrap_or_else(|_| panic!("key"));
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(&body);
+        let header = format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()));
+        req(
+            "POST",
+            "/hooks/stripe",
+            &[("Stripe-Signature", header.as_str())],
+            body,
+            now,
+        )
+    };
+    let map = |body: Bytes| {
+        let verified = c.verify(&signed(body)).unwrap_or_else(|e| panic!("{e}"));
+        let events = c.decode(verified).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(events.len(), 1);
+        set.map(&events[0]).unwrap_or_else(|e| panic!("{e}"))
+    };
+
+    let paid = map(fixture(
+        "derived/stripe_checkout_session_completed.client_reference_id.json",
+    ));
+    assert_eq!(paid.len(), 1);
+    assert_eq!(
+        paid[0].source_event_id.as_deref(),
+        Some("evt_00000000000000")
+    );
+    assert_eq!(paid[0].status, Status::Approved);
+    assert_eq!(paid[0].click_id.as_deref(), Some("pgc_ref_Q4mZ8kT2"));
+    assert_eq!(paid[0].amount.map(|a| a.to_string()), Some("250.00".into()));
+    assert_eq!(paid[0].currency.as_deref(), Some("USD"));
+
+    let refund = map(fixture(
+        "derived/stripe_charge_refunded.payment_intent.json",
+    ));
+    assert_eq!(refund.len(), 1);
+    assert_eq!(refund[0].status, Status::Reversed);
+    assert_eq!(refund[0].click_id, None);
+    // The refund names the same transaction, so attribution finds the purchase to reverse.
+    assert_eq!(refund[0].transaction_id, paid[0].transaction_id);
+    assert_eq!(
+        refund[0].transaction_id.as_deref(),
+        Some("pi_00000000000000")
+    );
+
+    // The real bytes under another secret are refused before anything is parsed.
+    let other = shipped(
+        "stripe",
+        &[("STRIPE_WEBHOOK_SECRET", "whsec_another_secret_0123456789")],
+        16,
+    );
+    let body = fixture("stripe/checkout_session_completed.stripe-ruby-mock.json");
+    assert_eq!(code(other.verify(&signed(body))), "bad_signature");
+}
+
+#[test]
 fn postgate_map_entry_point_maps_a_payload_file_with_header_arguments() {
     let opts = LoadOptions {
         env: Env::ProcessOrPlaceholder,

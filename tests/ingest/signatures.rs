@@ -346,6 +346,101 @@ fn hubspot_v3_vector_verifies_within_five_minutes_only() {
     assert_eq!(code(c.check_signature(&wrong_method)), "bad_signature");
 }
 
+/// A HubSpot delivery to a URL whose query carries all twelve escapes HubSpot decodes
+/// before signing, plus `%3D`, `%26` and `%20`, which it keeps.
+const HUBSPOT_SENT_PQ: &str = "/hooks/hubspot?portal=62515&next=https%3A%2F%2Fapp.example%2Fdone%3Fa%3D1%26b%3D2&who=O%27Brien%20%28QA%29%2A&at=me%40x.example%2Cyou%3Bthem%21%24";
+/// The same URI as HubSpot signs it, written out by hand (not with the gateway's decoder).
+const HUBSPOT_SIGNED_URI: &str = "https://gw.example.com/hooks/hubspot?portal=62515&next=https://app.example/done?a%3D1%26b%3D2&who=O'Brien%20(QA)*&at=me@x.example,you;them!$";
+const HUBSPOT_SECRET: &str = "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy";
+const HUBSPOT_TS_MS: &str = "1700000000123";
+
+fn hubspot_v3(uri: &str, body: &[u8]) -> String {
+    let mut msg = format!("POST{uri}").into_bytes();
+    msg.extend_from_slice(body);
+    msg.extend_from_slice(HUBSPOT_TS_MS.as_bytes());
+    sign_b64(HUBSPOT_SECRET.as_bytes(), &msg)
+}
+
+fn hubspot_req(pq: &str, sig: &str, body: &bytes::Bytes) -> postgate::connector::RawRequest {
+    req(
+        "POST",
+        pq,
+        &[
+            ("X-HubSpot-Signature-v3", sig),
+            ("X-HubSpot-Request-Timestamp", HUBSPOT_TS_MS),
+        ],
+        body.clone(),
+        at(1_700_000_000),
+    )
+}
+
+const HUBSPOT_VARS: &[(&str, &str)] = &[
+    ("HUBSPOT_CLIENT_SECRET", HUBSPOT_SECRET),
+    ("HUBSPOT_PUBLIC_BASE_URL", "https://gw.example.com"),
+];
+
+#[test]
+fn hubspot_v3_signs_the_uri_with_exactly_its_twelve_escapes_decoded() {
+    let c = shipped("hubspot", HUBSPOT_VARS, 16);
+    let body = fixture("hubspot/contact_creation.hubspot-api-nodejs-test.json");
+    let sig = hubspot_v3(HUBSPOT_SIGNED_URI, &body);
+    let v = c
+        .verify(&hubspot_req(HUBSPOT_SENT_PQ, &sig, &body))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.decode(v).map(|e| e.len()).unwrap_or_default(), 1);
+    // Percent-escapes are case-insensitive (RFC 3986 §2.1): `%3a` decodes like `%3A`.
+    let lower = HUBSPOT_SENT_PQ.replace("%3A", "%3a").replace("%2F", "%2f");
+    assert_eq!(code(c.verify(&hubspot_req(&lower, &sig, &body))), "ok");
+    // The undecoded URI, as the request line carried it, is not what HubSpot signed.
+    let undecoded = hubspot_v3(&format!("https://gw.example.com{HUBSPOT_SENT_PQ}"), &body);
+    assert_eq!(
+        code(c.verify(&hubspot_req(HUBSPOT_SENT_PQ, &undecoded, &body))),
+        "bad_signature"
+    );
+    // Nor is a fully decoded one: `%3D`, `%26` and `%20` stay encoded.
+    let over = hubspot_v3(
+        &HUBSPOT_SIGNED_URI
+            .replace("%3D", "=")
+            .replace("%26", "&")
+            .replace("%20", " "),
+        &body,
+    );
+    assert_eq!(
+        code(c.verify(&hubspot_req(HUBSPOT_SENT_PQ, &over, &body))),
+        "bad_signature"
+    );
+    // Decoding happens only for verification: a request whose query changed still fails.
+    let tampered = HUBSPOT_SENT_PQ.replace("portal=62515", "portal=62516");
+    assert_eq!(
+        code(c.verify(&hubspot_req(&tampered, &sig, &body))),
+        "bad_signature"
+    );
+}
+
+#[test]
+fn without_url_decode_the_hubspot_signature_over_the_decoded_uri_fails() {
+    let text = std::fs::read_to_string(root().join("connectors/hubspot.toml"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with("url_decode"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!text.contains("url_decode ="), "the option line is gone");
+    let c = inline(&text, HUBSPOT_VARS).unwrap_or_else(|e| panic!("{e}"));
+    let body = fixture("hubspot/contact_creation.hubspot-api-nodejs-test.json");
+    let decoded = hubspot_v3(HUBSPOT_SIGNED_URI, &body);
+    assert_eq!(
+        code(c.verify(&hubspot_req(HUBSPOT_SENT_PQ, &decoded, &body))),
+        "bad_signature"
+    );
+    // Then the URI is signed as received.
+    let as_sent = hubspot_v3(&format!("https://gw.example.com{HUBSPOT_SENT_PQ}"), &body);
+    assert_eq!(
+        code(c.verify(&hubspot_req(HUBSPOT_SENT_PQ, &as_sent, &body))),
+        "ok"
+    );
+}
+
 #[test]
 fn github_docs_vector_verifies_with_the_sha256_prefix() {
     // Published in GitHub's "Validating webhook deliveries" guide.
