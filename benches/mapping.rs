@@ -3,6 +3,8 @@
 //! The yardstick: mapping a Shopify order must cost at most twice parsing its JSON.
 //! Mappings are compiled once at start-up and evaluated on the already-parsed value, so the
 //! per-request cost is JSONPath evaluation and a few transforms, never a second parse.
+//! `parse_decode_map_pruned` is the gateway's path: only the members some path can reach
+//! are built (`connector::prune`).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -28,6 +30,11 @@ fn shopify(c: &mut Criterion) {
     let connector =
         Connector::load(Path::new("connectors/shopify.toml"), &options).expect("connector");
     let mappings = MappingSet::load_dir(Path::new("mappings")).expect("mappings");
+    // As the gateway runs it: bodies built only where the connector's paths reach.
+    let mut pruned =
+        Connector::load(Path::new("connectors/shopify.toml"), &options).expect("connector");
+    pruned.prune_to(mappings.json_paths("shopify"));
+    assert!(pruned.is_pruned());
     let raw = RawRequest {
         method: "POST".into(),
         path_and_query: "/hooks/shopify".into(),
@@ -54,6 +61,13 @@ fn shopify(c: &mut Criterion) {
         b.iter(|| {
             let verified = connector.parse_unverified(black_box(&raw)).expect("parse");
             let events = connector.decode(verified).expect("decode");
+            mappings.map(&events[0]).expect("maps")
+        })
+    });
+    group.bench_function("parse_decode_map_pruned", |b| {
+        b.iter(|| {
+            let verified = pruned.parse_unverified(black_box(&raw)).expect("parse");
+            let events = pruned.decode(verified).expect("decode");
             mappings.map(&events[0]).expect("maps")
         })
     });

@@ -16,6 +16,7 @@
 mod auth;
 pub mod error;
 pub mod path;
+pub mod prune;
 pub mod spec;
 pub mod xml;
 
@@ -347,6 +348,8 @@ pub struct Connector {
     /// Dedupe id parts, joined with `:`; `true` = optional part.
     event_id: Vec<(Locator, bool)>,
     receipt: Receipt,
+    /// JSON bodies: which parts to build (see [`prune`]); `None` builds them whole.
+    prune: Option<prune::Prune>,
 }
 
 impl Connector {
@@ -454,7 +457,42 @@ impl Connector {
             event_type,
             event_id,
             receipt,
+            prune: None,
         })
+    }
+
+    /// Every JSONPath this connector evaluates on a body: its auth, split and locators.
+    fn json_paths(&self) -> impl Iterator<Item = &str> {
+        let auth = self.auth.iter().filter_map(|a| match a {
+            auth::Auth::PayloadAllowList { path, .. } => Some(path.as_str()),
+            _ => None,
+        });
+        let locators = std::iter::once(&self.event_type)
+            .chain(self.event_id.iter().map(|(l, _)| l))
+            .filter_map(|l| match l {
+                Locator::Path(p) => Some(p.as_str()),
+                _ => None,
+            });
+        auth.chain(self.split.iter().map(CompiledPath::as_str))
+            .chain(locators)
+    }
+
+    /// From now on, JSON bodies are built only where this connector's own paths or
+    /// `mapping_paths` (those of every mapping of this connector) can reach. Connectors
+    /// that split a body into events keep building it whole: their paths are relative to
+    /// the items.
+    pub fn prune_to<'a>(&mut self, mapping_paths: impl IntoIterator<Item = &'a str>) {
+        if self.format != BodyFormat::Json || self.split.is_some() {
+            return;
+        }
+        let mut prune = prune::Prune::for_paths(self.json_paths());
+        prune.extend(mapping_paths);
+        self.prune = (!prune.keeps_everything()).then_some(prune);
+    }
+
+    /// Whether JSON bodies are built only in part (see [`Connector::prune_to`]).
+    pub fn is_pruned(&self) -> bool {
+        self.prune.is_some()
     }
 
     pub fn name(&self) -> &str {
@@ -529,7 +567,11 @@ impl Connector {
         let body = match self.format {
             BodyFormat::Json => {
                 let b = req.body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&req.body);
-                serde_json::from_slice(b).map_err(|e| malformed("json")(e.to_string()))?
+                match &self.prune {
+                    Some(prune) => prune.parse(b),
+                    None => serde_json::from_slice(b),
+                }
+                .map_err(|e| malformed("json")(e.to_string()))?
             }
             BodyFormat::Form => {
                 if std::str::from_utf8(&req.body).is_err() {

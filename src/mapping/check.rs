@@ -96,7 +96,7 @@ impl CheckReport {
 /// test case (fixture paths are relative to `root`).
 pub fn check(root: &Path, opts: &LoadOptions) -> CheckReport {
     let mut report = CheckReport::default();
-    let connectors: BTreeMap<String, Connector> =
+    let mut connectors: BTreeMap<String, Connector> =
         match connector::load_dir(&root.join("connectors"), opts) {
             Ok(c) => c,
             Err(e) => {
@@ -113,6 +113,12 @@ pub fn check(root: &Path, opts: &LoadOptions) -> CheckReport {
         }
     };
     report.mappings = mappings.mappings().count();
+    // As in production, bodies are built only where some path reaches; every case also
+    // runs on the whole body, and the two must agree.
+    for (name, conn) in &mut connectors {
+        conn.prune_to(mappings.json_paths(name));
+    }
+    let whole = connector::load_dir(&root.join("connectors"), opts).unwrap_or_default();
     for m in mappings.mappings() {
         let Some(conn) = connectors.get(m.connector()) else {
             if report.connectors > 0 {
@@ -130,7 +136,8 @@ pub fn check(root: &Path, opts: &LoadOptions) -> CheckReport {
         };
         for case in m.tests() {
             report.cases_run += 1;
-            match run_case(root, conn, &mappings, case) {
+            let whole = whole.get(m.connector()).filter(|_| conn.is_pruned());
+            match run_case(root, conn, whole, &mappings, case) {
                 Ok(()) => report.cases_passed += 1,
                 Err(reason) => report
                     .errors
@@ -144,6 +151,7 @@ pub fn check(root: &Path, opts: &LoadOptions) -> CheckReport {
 fn run_case(
     root: &Path,
     conn: &Connector,
+    whole: Option<&Connector>,
     mappings: &MappingSet,
     case: &super::TestCase,
 ) -> Result<(), String> {
@@ -174,14 +182,19 @@ fn run_case(
         .path_and_query
         .clone()
         .unwrap_or_else(|| format!("/hooks/{}", conn.name()));
-    let got = map_payload(
-        conn,
-        mappings,
-        t.method.as_deref().unwrap_or("POST"),
-        &pq,
-        &headers,
-        Bytes::from(body),
-    );
+    let method = t.method.as_deref().unwrap_or("POST");
+    let body = Bytes::from(body);
+    let got = map_payload(conn, mappings, method, &pq, &headers, body.clone());
+    if let Some(whole) = whole {
+        let full = map_payload(whole, mappings, method, &pq, &headers, body);
+        let (a, b) = (outcome_text(&got), outcome_text(&full));
+        if a != b {
+            return Err(format!(
+                "test `{label}`: the pruned body maps differently from the whole one (a bug \
+                 in postgate's pruned parse)\n  pruned: {a}\n  whole:  {b}"
+            ));
+        }
+    }
     match (&t.expect_error, got) {
         (Some(code), Err(e)) if e.code().as_str() == code => Ok(()),
         (Some(code), Err(e)) => Err(format!(
@@ -199,5 +212,13 @@ fn run_case(
             serde_json::to_string(&t.expect).unwrap_or_default(),
             serde_json::to_string(&pbs).unwrap_or_default()
         )),
+    }
+}
+
+/// A dry run's result as comparable text.
+fn outcome_text(r: &Result<Vec<CanonicalPostback>, DryRunError>) -> String {
+    match r {
+        Ok(pbs) => serde_json::to_string(pbs).unwrap_or_default(),
+        Err(e) => format!("error {}: {e}", e.code()),
     }
 }

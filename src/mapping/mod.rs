@@ -90,6 +90,16 @@ enum Source {
     FirstOf(Vec<Field>),
 }
 
+impl Source {
+    fn push_paths<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Source::Path(p) => out.push(p.as_str()),
+            Source::FirstOf(fields) => fields.iter().for_each(|f| f.source.push_paths(out)),
+            Source::Header(_) | Source::Query(_) | Source::Constant(_) | Source::Meta(_) => {}
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Field {
     source: Source,
@@ -597,6 +607,26 @@ impl MappingSet {
 
     pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
         self.by_connector.values().flatten()
+    }
+
+    /// Every JSONPath the mappings of `connector` evaluate: filters and field sources.
+    pub fn json_paths(&self, connector: &str) -> Vec<&str> {
+        let mut paths = Vec::new();
+        for m in self.by_connector.get(connector).into_iter().flatten() {
+            paths.extend(m.when.filter.as_ref().map(CompiledPath::as_str));
+            let fields = [&m.event, &m.status]
+                .into_iter()
+                .chain(m.click_id.iter())
+                .chain(m.transaction_id.iter())
+                .chain(m.amount.iter())
+                .chain(m.currency.iter())
+                .chain(m.occurred_at.iter().map(|(f, _)| f))
+                .chain(m.attributes.values());
+            for field in fields {
+                field.source.push_paths(&mut paths);
+            }
+        }
+        paths
     }
 
     /// Connectors that have at least one mapping.

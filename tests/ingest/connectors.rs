@@ -326,6 +326,41 @@ fn bad_definitions_fail_with_file_line_and_reason() {
         "type = \"ip_allow_list\"\ncidrs = [\"10.0.0.0/33\"]",
     ));
     assert!(e.starts_with("inline.toml:5:") && e.contains("CIDR"), "{e}");
+    // url_decode: malformed or must-stay-encoded escapes, or no URL in the message.
+    let hmac = |extra: &str, message: &str| {
+        base.replace(
+            "type = \"none\"",
+            &format!("type = \"hmac\"\nalgorithm = \"sha256\"\nsecrets = [\"0123456789abcdef0123\"]\nbase_url = \"https://gw.example\"\nmessage = {message}\nsignature = {{ header = \"X-Sig\", encoding = \"hex\" }}\n{extra}"),
+        )
+    };
+    let url = "[\"method\", \"url\", \"body\"]";
+    assert_eq!(
+        config_err(&hmac("url_decode = [\"%3a\", \"%3A\"]", url)),
+        "loaded"
+    );
+    let e = config_err(&hmac("url_decode = [\"%3A\", \"%G1\"]", url));
+    assert!(
+        e.starts_with("inline.toml:10:") && e.contains("`%G1` is not a percent-escape"),
+        "{e}"
+    );
+    let e = config_err(&hmac("url_decode = [\"%25\"]", url));
+    assert!(
+        e.starts_with("inline.toml:10:") && e.contains("must stay encoded"),
+        "{e}"
+    );
+    let e = config_err(&hmac("url_decode = [\"%3A\"]", "[\"body\"]"));
+    assert!(
+        e.starts_with("inline.toml:3:") && e.contains("neither"),
+        "{e}"
+    );
+    let e = config_err(&base.replace(
+        "type = \"none\"",
+        "type = \"token\"\nquery = \"t\"\ntokens = [\"0123456789abcdef\"]\nurl_decode = [\"%3A\"]",
+    ));
+    assert!(
+        e.starts_with("inline.toml:3:") && e.contains("`url_decode` does not apply"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -337,4 +372,54 @@ fn every_shipped_connector_loads_with_placeholder_secrets() {
     let all = postgate::connector::load_dir(&root().join("connectors"), &opts)
         .unwrap_or_else(|e| panic!("{e:?}"));
     assert!(all.len() >= 10, "{:?}", all.keys());
+}
+
+/// The gateway builds a Shopify order only where some path reaches; the events it decodes
+/// map exactly as from the whole body. HubSpot splits its body, so it is parsed whole.
+#[test]
+fn shipped_shopify_bodies_are_pruned_to_what_the_mappings_read_and_map_the_same() {
+    let mappings =
+        postgate::mapping::MappingSet::load_dir(&root().join("mappings")).expect("mappings");
+    let vars = [("SHOPIFY_WEBHOOK_SECRET", "test-shopify-secret-0123456789")];
+    let whole = shipped("shopify", &vars, 16);
+    let mut pruned = shipped("shopify", &vars, 16);
+    pruned.prune_to(mappings.json_paths("shopify"));
+    assert!(pruned.is_pruned() && !whole.is_pruned());
+
+    let body = fixture("derived/shopify_orders_paid.note_attribute_click_id.json");
+    let request = req(
+        "POST",
+        "/hooks/shopify",
+        &[
+            ("X-Shopify-Topic", "orders/paid"),
+            ("X-Shopify-Webhook-Id", "wh-prune"),
+        ],
+        body,
+        Utc::now(),
+    );
+    let map = |c: &postgate::connector::Connector| {
+        let verified = c.parse_unverified(&request).expect("parses");
+        let events = c.decode(verified).expect("decodes");
+        let payload = events[0].payload().clone();
+        let postbacks = mappings.map(&events[0]).expect("maps");
+        (payload, serde_json::to_string(&postbacks).expect("json"))
+    };
+    let (small, from_pruned) = map(&pruned);
+    let (full, from_whole) = map(&whole);
+    assert_eq!(from_pruned, from_whole);
+    assert!(from_whole.contains("\"purchase\""), "{from_whole}");
+    // The pruned value lacks what nobody reads (line items, customer, addresses …).
+    assert!(full.get("line_items").is_some() && small.get("line_items").is_none());
+    assert!(small.to_string().len() * 3 < full.to_string().len());
+
+    let mut hubspot = shipped(
+        "hubspot",
+        &[
+            ("HUBSPOT_CLIENT_SECRET", "test-hubspot-secret-0123456789"),
+            ("HUBSPOT_PUBLIC_BASE_URL", "https://gateway.example"),
+        ],
+        16,
+    );
+    hubspot.prune_to(mappings.json_paths("hubspot"));
+    assert!(!hubspot.is_pruned(), "split bodies are parsed whole");
 }
