@@ -7,7 +7,8 @@
 //!   into a verdict. Records carry the redacted URL, status, latency, error chain and at most
 //!   [`ClientConfig::capture_bytes`] of the response body.
 //! - Errors: [`ClientError`] only when building the client (config time).
-//! - Side effects: DNS lookups and one HTTP request; one `tracing` event per attempt.
+//! - Side effects: DNS lookups and one HTTP request; one `tracing` event per attempt. No
+//!   wall-clock reads: when the attempt started is the worker's to say (its `Clock`).
 //!
 //! SSRF defence, in order: HTTPS unless the endpoint is marked; an IP-literal host is checked
 //! here (reqwest does not call the resolver for literals); a host name goes through
@@ -18,10 +19,11 @@
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use tokio::time::Instant;
 use url::Host;
 
 use super::redact::redact_url;
@@ -108,7 +110,6 @@ impl Resolve for GuardedResolver {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {
     pub endpoint_id: String,
-    pub started_at: DateTime<Utc>,
     /// The URL with secret query values masked.
     pub url: String,
     pub outcome: AttemptOutcome,
@@ -164,11 +165,11 @@ impl DeliveryClient {
     /// Sends one attempt and records what happened. Never panics, never returns early
     /// without a record.
     pub async fn send(&self, req: &OutboundRequest) -> AttemptRecord {
-        let started_at = Utc::now();
+        // tokio's clock, not std's: under `tokio::time::pause()` the latency of a timed-out
+        // attempt is exactly the timeout.
         let start = Instant::now();
         let mut rec = AttemptRecord {
             endpoint_id: req.endpoint_id.clone(),
-            started_at,
             url: redact_url(&req.url),
             outcome: AttemptOutcome::Refused,
             status: None,

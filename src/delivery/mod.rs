@@ -6,12 +6,14 @@
 
 pub mod admin;
 pub mod client;
+pub mod clock;
 pub mod limiter;
 pub mod redact;
 pub mod ssrf;
 pub mod worker;
 
 pub use client::{AttemptRecord, ClientConfig, ClientError, DeliveryClient, GuardedResolver};
+pub use clock::{Clock, SystemClock};
 pub use limiter::{KeyedLimiter, KeyedPermit};
 pub use redact::redact_url;
 pub use ssrf::{ALLOW_ENV, AddressPolicy, AllowList, BlockReason, Blocked, SsrfError, classify_ip};

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use postgate::delivery::{AllowList, AttemptRecord, ClientConfig, DeliveryClient};
 use postgate::outbound::{
-    AttemptOutcome, Endpoint, HttpMethod, OutboundRequest, PostbackValues, SigningKeys, Verdict,
-    WebhookSecret, classify, verify,
+    AttemptOutcome, Endpoint, HttpMethod, OutboundRequest, PostbackValues, RetryReason,
+    SigningKeys, Verdict, WebhookSecret, classify, verify,
 };
 
 #[derive(Debug, Clone)]
@@ -73,6 +73,8 @@ async fn record(
         )
             .into_response(),
         "/redirect-local" => (StatusCode::FOUND, [(header::LOCATION, "/ok")]).into_response(),
+        // Takes the request and never answers.
+        "/hang" => std::future::pending().await,
         "/big" => {
             // 8 MiB streamed in 64 KiB chunks; the client must stop after 2 KiB.
             let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
@@ -230,12 +232,51 @@ async fn status_codes_map_to_verdicts_and_retry_after_is_recorded() {
     assert!(matches!(classify(missing.outcome), Verdict::Retry { .. }));
 }
 
-#[tokio::test]
-async fn a_slow_receiver_times_out() {
-    let (addr, _rec) = spawn_receiver().await;
-    let r = send(&client(&["127.0.0.1/32"]), &format!("http://{addr}/slow")).await;
+/// The production client (15 s total timeout) under `tokio::time::pause()`: whenever every
+/// task waits, the runtime moves its clock to the next timer, so the timeout fires without
+/// anyone waiting for it.
+fn production_client() -> DeliveryClient {
+    DeliveryClient::new(ClientConfig {
+        allow: AllowList::parse(["127.0.0.1/32"]).expect("allow-list"),
+        ..ClientConfig::default()
+    })
+    .expect("client")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receiver_that_never_answers_times_out_after_exactly_the_total_timeout() {
+    let (addr, rec) = spawn_receiver().await;
+    let r = send(&production_client(), &format!("http://{addr}/hang")).await;
     assert_eq!(r.outcome, AttemptOutcome::Timeout, "{r:?}");
-    assert!(r.latency < Duration::from_secs(3));
+    // The request got through (this is not a connect timeout) and then waited 15 s.
+    assert_eq!(rec.paths(), ["/hang"]);
+    let late = r.latency.saturating_sub(Duration::from_secs(15));
+    assert!(
+        r.latency >= Duration::from_secs(15) && late <= Duration::from_millis(1),
+        "{:?}",
+        r.latency
+    );
+    assert_eq!(
+        classify(r.outcome),
+        Verdict::Retry {
+            min_delay: Duration::from_secs(60),
+            reason: RetryReason::Timeout
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_answer_within_the_total_timeout_is_kept() {
+    let (addr, _rec) = spawn_receiver().await;
+    let r = send(&production_client(), &format!("http://{addr}/slow")).await;
+    assert_eq!(r.outcome, AttemptOutcome::Response { status: 200 }, "{r:?}");
+    assert_eq!(r.body_prefix, b"late");
+    let late = r.latency.saturating_sub(Duration::from_secs(3));
+    assert!(
+        r.latency >= Duration::from_secs(3) && late <= Duration::from_millis(1),
+        "{:?}",
+        r.latency
+    );
 }
 
 #[tokio::test]

@@ -315,10 +315,9 @@ impl TestApp {
             .expect("subid")
     }
 
-    /// A postback for `click`; returns the accepted conversion's id.
-    pub async fn convert(&self, click: &str, txn: &str, status: &str) -> String {
-        let resp = self
-            .client
+    /// A postback for `click`; returns its JSON receipt.
+    pub async fn postback(&self, click: &str, txn: &str, status: &str) -> Value {
+        self.client
             .get(format!("{}/postback", self.address))
             .query(&[
                 ("token", ACME_TOKEN),
@@ -328,8 +327,15 @@ impl TestApp {
             ])
             .send()
             .await
-            .expect("postback");
-        let body: Value = resp.json().await.expect("receipt");
+            .expect("postback")
+            .json()
+            .await
+            .expect("receipt")
+    }
+
+    /// A postback for `click`; returns the accepted conversion's id.
+    pub async fn convert(&self, click: &str, txn: &str, status: &str) -> String {
+        let body = self.postback(click, txn, status).await;
         assert_eq!(body["status"], "accepted", "{body}");
         body["conversion_id"].as_str().expect("id").to_owned()
     }

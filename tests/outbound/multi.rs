@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use crate::harness::{ACME_TOKEN, ADMIN_TOKEN, Receiver, TestApp, settings_for, spawn_with};
+use crate::harness::{ADMIN_TOKEN, Receiver, TestApp, settings_for, spawn_with};
 
 /// Two gateways on one fresh database, delivering to one receiver.
 async fn two_gateways() -> Option<(TestApp, TestApp, Receiver)> {
@@ -33,21 +33,22 @@ async fn two_gateways() -> Option<(TestApp, TestApp, Receiver)> {
     Some((a, b, receiver))
 }
 
-async fn postback(app: &TestApp, click: &str, txn: &str, status: &str) -> Value {
-    app.client
-        .get(format!("{}/postback", app.address))
-        .query(&[
-            ("token", ACME_TOKEN),
-            ("click_id", click),
-            ("transaction_id", txn),
-            ("status", status),
-        ])
-        .send()
-        .await
-        .expect("postback")
-        .json()
-        .await
-        .expect("receipt")
+/// The same approving postback for each click (transaction `{prefix}-{i}`) sent to both
+/// gateways at once; the two receipts of each.
+async fn approve_on_both(
+    a: &TestApp,
+    b: &TestApp,
+    clicks: &[String],
+    prefix: &str,
+) -> Vec<(Value, Value)> {
+    join_all(clicks.iter().enumerate().map(|(i, click)| async move {
+        let txn = format!("{prefix}-{i}");
+        tokio::join!(
+            a.postback(click, &txn, "approved"),
+            b.postback(click, &txn, "approved")
+        )
+    }))
+    .await
 }
 
 async fn balance(app: &TestApp, account: &str) -> i64 {
@@ -81,17 +82,7 @@ async fn the_same_postbacks_sent_to_two_gateways_make_one_conversion_each_and_on
         // Clicks come in through either gateway.
         clicks.push(if i % 2 == 0 { &a } else { &b }.click("plain").await);
     }
-    let pairs = join_all(clicks.iter().enumerate().map(|(i, click)| {
-        let (a, b) = (&a, &b);
-        async move {
-            let txn = format!("MULTI-{i}");
-            tokio::join!(
-                postback(a, click, &txn, "approved"),
-                postback(b, click, &txn, "approved")
-            )
-        }
-    }))
-    .await;
+    let pairs = approve_on_both(&a, &b, &clicks, "MULTI").await;
     for (x, y) in &pairs {
         let mut verdicts = [x["status"].as_str(), y["status"].as_str()];
         verdicts.sort();
@@ -147,22 +138,12 @@ async fn an_approval_sent_to_two_gateways_at_once_posts_the_ledger_once() {
         clicks.push(a.click("silent").await);
     }
     for (i, click) in clicks.iter().enumerate() {
-        let receipt = postback(&a, click, &format!("PEND-{i}"), "pending").await;
+        let receipt = a.postback(click, &format!("PEND-{i}"), "pending").await;
         assert_eq!(receipt["status"], "accepted", "{receipt}");
     }
     assert_eq!(balance(&a, "affiliate:silent:payable").await, 0);
     // The approval arrives at both gateways together: the row lock lets one transition win.
-    let pairs = join_all(clicks.iter().enumerate().map(|(i, click)| {
-        let (a, b) = (&a, &b);
-        async move {
-            let txn = format!("PEND-{i}");
-            tokio::join!(
-                postback(a, click, &txn, "approved"),
-                postback(b, click, &txn, "approved")
-            )
-        }
-    }))
-    .await;
+    let pairs = approve_on_both(&a, &b, &clicks, "PEND").await;
     for (x, y) in &pairs {
         let mut verdicts = [x["status"].as_str(), y["status"].as_str()];
         verdicts.sort();
@@ -174,4 +155,72 @@ async fn an_approval_sent_to_two_gateways_at_once_posts_the_ledger_once() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// apalis hands a job to another gateway when it thinks the first one's worker is dead
+/// (missed heartbeats) — including while that worker is still sending. Copies of an
+/// in-flight attempt, queued as such a re-queue would, must wait for the first (the lease
+/// on the delivery row) and then find it done: the affiliate sees one request, never two
+/// at once.
+#[tokio::test]
+async fn copies_of_an_attempt_in_flight_on_another_gateway_are_not_sent() {
+    let Some((a, b, receiver)) = two_gateways().await else {
+        return;
+    };
+    let click = a.click("slow").await;
+    let conversion = a.convert(&click, "T-lease", "approved").await;
+    // The first attempt is held open by the affiliate.
+    for _ in 0..200 {
+        if receiver.received().iter().any(|r| r.route == "slow") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slow = || {
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.route == "slow")
+            .count()
+    };
+    assert_eq!(slow(), 1, "first attempt in flight");
+    let delivery_id = a.deliveries(&conversion).await[0]["id"]
+        .as_str()
+        .expect("delivery id")
+        .to_owned();
+
+    // Eight copies of attempt 1, due at once, queued one by one so that each goes to
+    // whichever gateway polls first (a batch would go to one of them).
+    let pool = crate::support::open_pool(&a.database_url).await;
+    for n in 0..8 {
+        let now = chrono::Utc::now().timestamp();
+        let job = postgate::outbound::job::DeliveryJob::first(&delivery_id, 1);
+        postgate::db!(&pool, p => {
+            let mut conn = p.acquire().await.expect("connection");
+            postgate::outbound::enqueue::push_job_keyed(
+                &mut postgate::store::Conn::from(&mut *conn),
+                job,
+                now,
+                format!("requeued-copy-{n}"),
+            )
+            .await
+            .expect("copy queued")
+        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(slow(), 1, "a copy was sent while the attempt was in flight");
+
+    receiver.release_slow();
+    a.wait_for_state(&conversion, "delivered").await;
+    // The copies put back (5 s) run again and find the attempt logged.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(slow(), 1, "a copy was sent after the attempt was done");
+    let delivery = &b.deliveries(&conversion).await[0];
+    assert_eq!(delivery["attempts"], 1, "{delivery}");
+    assert_eq!(
+        delivery["attempt_log"].as_array().map(Vec::len),
+        Some(1),
+        "{delivery}"
+    );
 }
