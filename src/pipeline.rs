@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::attribution::{self, InputError};
 use crate::config::OfferStatus;
 use crate::connector::{Connector, DecodeError, RawRequest, VerifyError};
-use crate::domain::{ClickId, ClickKeyRing, Reason, ReasonCode, Receipt, Verdict};
+use crate::domain::{ClickId, ClickKeyRing, Reason, ReasonCode, Receipt};
 use crate::mapping::MappingSet;
 use crate::s2s::{self, Params, S2sError};
 use crate::spool::drain::{Replay, ReplayError};
@@ -37,6 +37,7 @@ use crate::spool::{Entry, Spool, SpooledRequest};
 use crate::store::Store;
 use crate::store::catalog::Catalog;
 use crate::store::writer::{ClickRow, FailureRecord, Ingest, RawRecord, WriteFailed};
+use crate::telemetry;
 
 /// Shared state of the request paths.
 #[derive(Clone)]
@@ -292,6 +293,7 @@ impl Pipeline {
         match self.store.writer.submit(decision).await {
             Ok(receipt) => {
                 self.database_ok();
+                count_decisions("postback", std::slice::from_ref(&receipt));
                 Ok(PostbackAnswer::Recorded(receipt))
             }
             Err(failed) => match (&self.spool, spoolable) {
@@ -338,6 +340,7 @@ impl Pipeline {
                     .submit(decision)
                     .await
                     .map_err(|_| ReplayError::Unavailable)?;
+                count_decisions("postback", std::slice::from_ref(&receipt));
                 tracing::info!(spool_id = %entry.id, status = ?receipt.status, conversion_id = ?receipt.conversion_id, "Spooled postback recorded.");
                 Ok(())
             }
@@ -490,6 +493,16 @@ impl Pipeline {
         }
 
         let receipts = self.store.writer.ingest(work).await?;
+        count_decisions("webhook", &receipts);
+        for (_, _, indexes, failures) in &slots {
+            let statuses = indexes.iter().filter_map(|&i| receipts.get(i));
+            for status in statuses.map(|r| r.status.as_str()) {
+                metrics::counter!(telemetry::WEBHOOK_EVENTS, "connector" => name.to_owned(), "status" => status)
+                    .increment(1);
+            }
+            metrics::counter!(telemetry::WEBHOOK_EVENTS, "connector" => name.to_owned(), "status" => "unmapped")
+                .increment(failures.len() as u64);
+        }
         Ok(match hook.connector.receipt() {
             crate::connector::Receipt::Text { content_type, body } => HookAnswer::Text {
                 content_type: content_type.clone(),
@@ -508,11 +521,7 @@ impl Pipeline {
                                 .map(|r| EventReceipt {
                                     event_id: event_id.clone(),
                                     event_type: event_type.clone(),
-                                    status: match r.status {
-                                        Verdict::Accepted => "accepted",
-                                        Verdict::Duplicate => "duplicate",
-                                        Verdict::Rejected => "rejected",
-                                    },
+                                    status: r.status.as_str(),
                                     conversion_id: r.conversion_id.clone(),
                                     reasons: r.reasons.clone(),
                                 });
@@ -528,6 +537,14 @@ impl Pipeline {
                     .collect(),
             }),
         })
+    }
+}
+
+/// Counts committed decisions by channel and verdict.
+fn count_decisions(channel: &'static str, receipts: &[Receipt]) {
+    for receipt in receipts {
+        metrics::counter!(telemetry::CONVERSIONS, "channel" => channel, "verdict" => receipt.status.as_str())
+            .increment(1);
     }
 }
 

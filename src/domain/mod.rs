@@ -250,6 +250,17 @@ pub enum Verdict {
     Rejected,
 }
 
+impl Verdict {
+    /// The serialised name (`accepted`, `duplicate`, `rejected`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Accepted => "accepted",
+            Verdict::Duplicate => "duplicate",
+            Verdict::Rejected => "rejected",
+        }
+    }
+}
+
 /// The answer for one conversion, after its transaction committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Receipt {

@@ -192,6 +192,7 @@ impl Spool {
             Ok(_) => {
                 self.inner.writable.store(true, Ordering::Relaxed);
                 self.inner.spooled.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::telemetry::SPOOLED).increment(1);
                 self.inner.wake.notify_one();
                 tracing::warn!(spool_id = %id, "Database unavailable; request spooled.");
                 Ok(id)

@@ -27,6 +27,7 @@ use super::{Builder, Conn, Db, Guard, StoreError};
 use crate::attribution::{Decision, apply};
 use crate::domain::Receipt;
 use crate::outbound::enqueue;
+use crate::telemetry;
 
 /// A recorded click, written after the redirect was answered.
 #[derive(Debug, Clone)]
@@ -352,9 +353,13 @@ async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_ba
             }
         }
         let batch = Batch::of(&works);
-        metrics_batch(batch.decisions.len(), clicks.len());
+        let items = batch.decisions.len() + clicks.len();
+        tracing::trace!(items, "Committing batch.");
+        let started = std::time::Instant::now();
         match target.commit_batch(&batch, &clicks).await {
             Ok(receipts) => {
+                metrics::histogram!(telemetry::WRITER_COMMIT).record(started.elapsed());
+                metrics::histogram!(telemetry::WRITER_BATCH_ITEMS).record(items as f64);
                 let mut receipts = receipts.into_iter();
                 for (reply, work) in replies.into_iter().zip(&works) {
                     let mine: Vec<Receipt> = receipts.by_ref().take(work.decisions.len()).collect();
@@ -365,12 +370,14 @@ async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_ba
             // The database is unreachable: retrying item by item would only make each caller
             // wait longer before its request goes to the spool.
             Err(error) if error.is_unavailable() => {
+                metrics::counter!(telemetry::WRITER_FAILURES, "kind" => "unavailable").increment(1);
                 tracing::warn!(error = %error_chain(&error), items = works.len() + clicks.len(), "Database unavailable; batch not written.");
                 for reply in replies {
                     let _ = reply.send(Err(WriteFailed));
                 }
             }
             Err(error) if works.len() + clicks.len() > 1 => {
+                metrics::counter!(telemetry::WRITER_FAILURES, "kind" => "batch").increment(1);
                 tracing::warn!(
                     error = %error_chain(&error),
                     items = works.len() + clicks.len(),
@@ -381,6 +388,8 @@ async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_ba
                         .commit(&Batch::of(std::slice::from_ref(work)), &[])
                         .await;
                     let _ = reply.send(result.map_err(|error| {
+                        metrics::counter!(telemetry::WRITER_FAILURES, "kind" => "item")
+                            .increment(1);
                         tracing::error!(
                             error = %error_chain(&error),
                             decisions = work.decisions.len(),
@@ -400,6 +409,7 @@ async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_ba
                 }
             }
             Err(error) => {
+                metrics::counter!(telemetry::WRITER_FAILURES, "kind" => "item").increment(1);
                 tracing::error!(error = %error_chain(&error), "Write failed.");
                 for reply in replies {
                     let _ = reply.send(Err(WriteFailed));
@@ -587,11 +597,11 @@ async fn postgres_fast(
         qb.push(")");
     }
     qb.push("\nSELECT id FROM c");
-    let ids: Vec<(String,)> = qb
-        .build_query_as()
-        .persistent(false)
-        .fetch_all(pool)
-        .await?;
+    // Prepared once per connection and shape: the text binds one array per column, so it
+    // depends only on which of the WITH queries are present, never on the rows. Re-parsing
+    // and planning it per batch cost PostgreSQL about a quarter of its time (8.6–9.3k →
+    // 11.6k postbacks/s in one comparison).
+    let ids: Vec<(String,)> = qb.build_query_as().persistent(true).fetch_all(pool).await?;
     if ids.len() == fast.fresh.len() {
         return Ok(None);
     }
@@ -867,10 +877,6 @@ fn push_clicks(qb: &mut Builder, clicks: &[ClickRow]) {
         // A click ID is 128 random bits; a collision means a replayed row, not a new click.
         qb.push(" ON CONFLICT DO NOTHING");
     })
-}
-
-fn metrics_batch(conversions: usize, clicks: usize) {
-    tracing::trace!(conversions, clicks, "Committing batch.");
 }
 
 /// `error: cause: cause` — the whole chain on one line, for the log.

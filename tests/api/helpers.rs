@@ -55,6 +55,10 @@ advertiser = "acme"
 connector = "salesforce"
 advertiser = "acme"
 
+[[hooks]]
+connector = "stripe"
+advertiser = "acme"
+
 [[offers]]
 id = "shoes"
 advertiser = "acme"
@@ -146,6 +150,7 @@ pub async fn spawn_in(dir: tempfile::TempDir) -> TestApp {
 
 pub const SHOPIFY_SECRET: &str = "test-shopify-secret-0123456789";
 pub const SALESFORCE_TOKEN: &str = "sf-token-0123456789abcdef";
+pub const STRIPE_SECRET: &str = "whsec_test-stripe-secret-0123456789";
 /// The OrganizationId of the aspnet-webhooks Lead capture.
 pub const SALESFORCE_ORG: &str = "0123456789ABCDENNN";
 
@@ -162,6 +167,7 @@ pub fn settings_for(db: &Path) -> Settings {
             ("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET),
             ("SALESFORCE_TOKEN", SALESFORCE_TOKEN),
             ("SALESFORCE_ORG_ID", SALESFORCE_ORG),
+            ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -265,4 +271,10 @@ impl TestApp {
 /// The first reason code of a receipt.
 pub fn code(body: &Value) -> &str {
     body["reasons"][0]["code"].as_str().unwrap_or("<none>")
+}
+
+/// The value of one series (`name{labels} value`) in a Prometheus text page.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

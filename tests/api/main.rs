@@ -6,6 +6,7 @@ mod decisions;
 mod helpers;
 mod hooks;
 mod ledger;
+mod metrics;
 mod requests;
 mod spool;
 #[path = "../support/mod.rs"]

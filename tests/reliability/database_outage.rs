@@ -19,7 +19,8 @@ use serde_json::Value;
 
 use crate::kill_during_ingest::{amount, transaction};
 use crate::{
-    ACME_TOKEN, Gateway, admin_get, assert_ledger, balances, clicks, client, decimal, pass, size,
+    ACME_TOKEN, Gateway, admin_get, assert_ledger, balances, clicks, client, conversions_of_click,
+    decimal, pass, size,
 };
 
 const CLIENTS: usize = 8;
@@ -185,14 +186,7 @@ pub async fn run(dir: &Path, database_url: &str) {
         .map(|i| {
             let (client, base, clicks) = (client.clone(), gateway.base.clone(), clicks.clone());
             async move {
-                let (status, list) = admin_get(
-                    &client,
-                    &base,
-                    &format!("/api/v1/conversions?click_id={}", clicks[i]),
-                )
-                .await;
-                assert_eq!(status, StatusCode::OK);
-                let list = list["conversions"].as_array().cloned().unwrap_or_default();
+                let list = conversions_of_click(&client, &base, &clicks[i]).await;
                 assert_eq!(
                     list.len(),
                     1,

@@ -13,7 +13,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::{
-    ACME_TOKEN, Gateway, admin_get, assert_ledger, balances, clicks, client, decimal, pass, size,
+    ACME_TOKEN, Gateway, admin_get, assert_ledger, balances, clicks, client, conversions_of_click,
+    decimal, pass, size,
 };
 
 pub const CLIENTS: usize = 16;
@@ -195,19 +196,8 @@ pub async fn run(dir: &Path, database_url: &str) {
                 assert_eq!(conv["click_id"], clicks[i].as_str(), "{conv}");
                 assert_eq!(conv["decision"], "accepted", "{conv}");
                 assert_eq!(conv["revenue"], decimal(amount(i)).as_str(), "{conv}");
-                let (status, list) = admin_get(
-                    &client,
-                    &base,
-                    &format!("/api/v1/conversions?click_id={}", clicks[i]),
-                )
-                .await;
-                assert_eq!(status, StatusCode::OK);
-                let ids: Vec<&str> = list["conversions"]
-                    .as_array()
-                    .expect("conversions")
-                    .iter()
-                    .filter_map(|c| c["id"].as_str())
-                    .collect();
+                let list = conversions_of_click(&client, &base, &clicks[i]).await;
+                let ids: Vec<&str> = list.iter().filter_map(|c| c["id"].as_str()).collect();
                 assert_eq!(
                     ids,
                     [id.as_str()],

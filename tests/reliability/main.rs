@@ -238,6 +238,17 @@ pub async fn admin_get(client: &reqwest::Client, base: &str, path: &str) -> (Sta
     (status, resp.json().await.expect("JSON"))
 }
 
+/// The conversions stored for `click` (200 asserted).
+pub async fn conversions_of_click(client: &reqwest::Client, base: &str, click: &str) -> Vec<Value> {
+    let path = format!("/api/v1/conversions?click_id={click}");
+    let (status, list) = admin_get(client, base, &path).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {list}");
+    list["conversions"]
+        .as_array()
+        .cloned()
+        .expect("conversions")
+}
+
 /// Ledger balances as `(account, currency, minor units)`.
 pub async fn balances(client: &reqwest::Client, base: &str) -> Vec<(String, String, i64)> {
     let (status, body) = admin_get(client, base, "/api/v1/ledger/balances").await;

@@ -11,7 +11,9 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 
 use crate::kill_during_ingest::{Ack, CLIENTS, Counters, amount, spawn_clients, transaction};
-use crate::{Gateway, admin_get, assert_ledger, balances, clicks, client, pass, size};
+use crate::{
+    Gateway, admin_get, assert_ledger, balances, clicks, client, conversions_of_click, pass, size,
+};
 
 pub async fn run(dir: &Path, database_url: &str) {
     let n = size(1_000, 5_000);
@@ -54,14 +56,7 @@ pub async fn run(dir: &Path, database_url: &str) {
                     admin_get(&client, &base, &format!("/api/v1/conversions/{id}")).await;
                 assert_eq!(status, StatusCode::OK, "acknowledged conversion {id} lost");
                 assert_eq!(conv["transaction_id"], transaction(i).as_str(), "{conv}");
-                let (status, list) = admin_get(
-                    &client,
-                    &base,
-                    &format!("/api/v1/conversions?click_id={}", clicks[i]),
-                )
-                .await;
-                assert_eq!(status, StatusCode::OK);
-                let count = list["conversions"].as_array().map_or(0, Vec::len);
+                let count = conversions_of_click(&client, &base, &clicks[i]).await.len();
                 assert_eq!(count, 1, "{} stored {count} times", transaction(i));
             }
         })
