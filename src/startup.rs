@@ -55,6 +55,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        // Before anything records: metrics sent before the recorder exists are lost.
+        crate::telemetry::metrics();
         let store::Opened {
             writer: mut target,
             read,
@@ -124,6 +126,7 @@ impl Application {
             client_ip_header: settings.server.client_ip_header.as_deref().map(Arc::from),
             max_body_bytes: settings.server.max_body_bytes,
             deliveries: crate::delivery::admin::Deliveries::new(outbound_pool),
+            worker: worker.as_ref().map(|w| w.health()),
         };
         Ok(Self {
             listener,
@@ -231,7 +234,12 @@ pub fn load_hooks(settings: &Settings, catalog: &Catalog) -> Result<Hooks, Start
         }
     };
     match (errors.is_empty(), mappings) {
-        (true, Some(mappings)) => Ok(Hooks { sources, mappings }),
+        (true, Some(mappings)) => {
+            for (name, hook) in &mut sources {
+                hook.connector.prune_to(mappings.json_paths(name));
+            }
+            Ok(Hooks { sources, mappings })
+        }
         _ => Err(StartupError::Definitions(errors)),
     }
 }

@@ -11,6 +11,9 @@
 //! - Errors: a database failure returns a plain error, which apalis re-runs at once up to
 //!   `INFRA_ATTEMPTS` times; HTTP failures are never handler errors (our schedule owns them).
 //! - Side effects: HTTP, rows in `delivery_attempts`, `deliveries`, `paused_endpoints`, `Jobs`.
+//! - Time: read from the context's [`Clock`] when an attempt starts and when it ends (the
+//!   system clock unless [`DeliveryContext::with_clock`] replaced it); the retry's `run_at`
+//!   is computed from those readings only.
 //!
 //! A job whose delivery is no longer pending, belongs to an older series (a replay started a
 //! new one) or whose attempt is already logged is acknowledged without sending: re-runs after
@@ -26,17 +29,29 @@ use apalis_sqlite::{Config, SqliteStorage};
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::client::{AttemptRecord, ClientConfig, DeliveryClient};
+use super::clock::{Clock, SystemClock};
 use super::limiter::KeyedLimiter;
 use super::ssrf::AllowList;
 use crate::config::OutboundSettings;
 use crate::domain::{Currency, Money};
 use crate::outbound::enqueue;
-use crate::outbound::{DeliveryJob, Endpoint, NextStep, PostbackValues, QUEUE, RetrySchedule};
+use crate::outbound::{
+    DeliveryJob, Endpoint, NextStep, OutboundRequest, PostbackValues, QUEUE, RenderError,
+    RetrySchedule,
+};
 use crate::store::{Conn, Db, Pool, StoreError};
 
 /// When the endpoint's concurrency cap is reached, the attempt is put back this much later
 /// instead of holding one of the worker's slots while it waits.
 const BUSY_ENDPOINT_DELAY_SECS: i64 = 1;
+
+/// How long an attempt's lease on its delivery outlives the longest possible attempt (the
+/// total timeout): room for recording the outcome (a pool wait of up to 3 s, then one
+/// transaction).
+const LEASE_MARGIN: Duration = Duration::from_secs(15);
+
+/// A copy of a job whose delivery another gateway has leased is put back this much later.
+const LEASED_DELAY_SECS: i64 = 5;
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +73,10 @@ pub struct DeliveryContext {
     /// queued at once (the original re-run after a crash, and the copy put back while its
     /// endpoint was busy); only one of them sends.
     attempts: KeyedLimiter<String>,
+    /// When attempts start and end, and so when retries run.
+    clock: Arc<dyn Clock>,
+    /// How long an attempt leases its delivery on PostgreSQL (see [`take_lease`]).
+    lease: Duration,
 }
 
 impl DeliveryContext {
@@ -82,7 +101,15 @@ impl DeliveryContext {
             schedule: settings.schedule.clone(),
             limiter: KeyedLimiter::new(settings.per_endpoint_concurrency),
             attempts: KeyedLimiter::new(1),
+            clock: Arc::new(SystemClock),
+            lease: settings.total_timeout + LEASE_MARGIN,
         })
+    }
+
+    /// The same context reading the time from `clock` (tests move it by hand).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 }
 
@@ -91,6 +118,7 @@ pub struct RunningWorker {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
     prune: tokio::task::JoinHandle<()>,
+    health: Arc<WorkerHealth>,
 }
 
 impl RunningWorker {
@@ -101,19 +129,145 @@ impl RunningWorker {
             tracing::error!(error = %e, "Delivery worker ended abnormally.");
         }
     }
+
+    /// Whether the worker is polling, and how often it was restarted (for `/readyz`).
+    pub fn health(&self) -> Arc<WorkerHealth> {
+        Arc::clone(&self.health)
+    }
 }
+
+/// The worker's state as `/readyz` reports it.
+#[derive(Debug, Default)]
+pub struct WorkerHealth {
+    running: std::sync::atomic::AtomicBool,
+    restarts: std::sync::atomic::AtomicU64,
+}
+
+impl WorkerHealth {
+    pub fn running(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The longest pause before a failed worker is started again.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A worker that ran this long before failing starts its backoff from the beginning.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// Starts the worker on `pool` (a writable pool on the gateway's database).
 pub fn spawn(pool: Pool, settings: &OutboundSettings) -> Result<RunningWorker, WorkerError> {
     let ctx = Arc::new(DeliveryContext::new(pool.clone(), settings)?);
-    let concurrency = settings.concurrency;
-    let poll = settings.poll_interval;
+    let shape = Shape {
+        concurrency: settings.concurrency,
+        poll: settings.poll_interval,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let health = Arc::new(WorkerHealth::default());
+    let task = tokio::spawn(supervise(
+        pool.clone(),
+        ctx,
+        shape,
+        stopped,
+        Arc::clone(&health),
+    ));
+    let prune = tokio::spawn(prune_loop(pool, Duration::from_secs(3600)));
+    Ok(RunningWorker {
+        stop,
+        task,
+        prune,
+        health,
+    })
+}
+
+/// How the apalis worker polls.
+#[derive(Clone, Copy)]
+struct Shape {
+    concurrency: usize,
+    poll: Duration,
+}
+
+/// Runs the apalis worker until `stopped` fires, starting a new one (after a backoff of
+/// 1 s doubling to 30 s) whenever it fails. apalis ends a worker for good when a poll of its
+/// job table fails — the database was unreachable or locked for longer than the busy
+/// timeout — and the accepted conversions' deliveries would otherwise wait for a restart of
+/// the whole gateway.
+async fn supervise(
+    pool: Pool,
+    ctx: Arc<DeliveryContext>,
+    shape: Shape,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    health: Arc<WorkerHealth>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut failures = 0u32;
+    loop {
+        let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+        let monitor = monitor(&pool, &ctx, shape, Arc::clone(&failure));
+        let started = std::time::Instant::now();
+        let mut stop_requested = false;
+        health.running.store(true, Ordering::Relaxed);
+        let signal = async {
+            let _ = (&mut stopped).await;
+            stop_requested = true;
+            Ok(())
+        };
+        let ended = monitor.run_with_signal(signal).await;
+        health.running.store(false, Ordering::Relaxed);
+        if stop_requested {
+            match ended {
+                Ok(()) => tracing::info!("Delivery worker stopped."),
+                Err(e) => tracing::error!(error = %e, "Delivery worker failed while stopping."),
+            }
+            return;
+        }
+        if started.elapsed() >= HEALTHY_RUN {
+            failures = 0;
+        }
+        let wait = crate::spool::drain::backoff(failures, MAX_RESTART_BACKOFF);
+        failures = failures.saturating_add(1);
+        health.restarts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::DELIVERY_WORKER_RESTARTS).increment(1);
+        let error = failure
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+            .or_else(|| ended.err().map(|e| e.to_string()))
+            .unwrap_or_else(|| "the worker ended".to_owned());
+        tracing::warn!(
+            error = %error,
+            wait_ms = wait.as_millis() as u64,
+            "Delivery worker failed; starting a new one."
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = &mut stopped => {
+                tracing::info!("Delivery worker stopped.");
+                return;
+            }
+        }
+    }
+}
+
+/// One apalis worker under a fresh name (apalis refuses a name whose row was seen within
+/// a heartbeat). A failure is recorded in `failure` and ends the monitor.
+fn monitor(
+    pool: &Pool,
+    ctx: &Arc<DeliveryContext>,
+    shape: Shape,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+) -> Monitor {
+    let Shape { concurrency, poll } = shape;
     // Short: an idle worker also re-polls on its heartbeat (observed: due retries waited for
     // it), and a dead worker's jobs are reaped after a few missed beats.
     let heartbeat = Duration::from_secs(1);
     let batch = concurrency.min(100);
-    // Unique per start: apalis refuses a name whose row was seen within a heartbeat.
     let name = format!("outbound-{}-{}", std::process::id(), ulid::Ulid::generate());
+    let ctx = Arc::clone(ctx);
     let monitor = match pool.clone() {
         Db::Sqlite(pool) => Monitor::new().register(move |_restarts| {
             let storage: SqliteStorage<DeliveryJob> = SqliteStorage::new(&pool).with_config(
@@ -142,21 +296,15 @@ pub fn spawn(pool: Pool, settings: &OutboundSettings) -> Result<RunningWorker, W
                 .concurrency(concurrency)
                 .build(deliver)
         }),
-    }
-    .shutdown_timeout(Duration::from_secs(20));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let signal = async {
-            let _ = stopped.await;
-            Ok(())
-        };
-        match monitor.run_with_signal(signal).await {
-            Ok(()) => tracing::info!("Delivery worker stopped."),
-            Err(e) => tracing::error!(error = %e, "Delivery worker failed."),
-        }
-    });
-    let prune = tokio::spawn(prune_loop(pool, Duration::from_secs(3600)));
-    Ok(RunningWorker { stop, task, prune })
+    };
+    monitor
+        .should_restart(move |_, error| {
+            if let Ok(mut f) = failure.lock() {
+                *f = Some(error.to_string());
+            }
+            false
+        })
+        .shutdown_timeout(Duration::from_secs(20))
 }
 
 /// How long finished jobs stay in apalis' table. Our own attempt log is the record; the
@@ -202,7 +350,8 @@ async fn prune_loop(pool: Pool, every: Duration) {
 
 /// The apalis handler: one attempt.
 async fn deliver(job: DeliveryJob, ctx: Data<Arc<DeliveryContext>>) -> Result<(), BoxDynError> {
-    match attempt(&job, &ctx).await {
+    let send = async |request: &OutboundRequest| ctx.client.send(request).await;
+    match attempt(&job, &ctx, send).await {
         Ok(()) => Ok(()),
         Err(e) => {
             tracing::warn!(
@@ -217,7 +366,8 @@ async fn deliver(job: DeliveryJob, ctx: Data<Arc<DeliveryContext>>) -> Result<()
 }
 
 /// The delivery and conversion columns one attempt needs.
-const LOAD: &str = "SELECT d.state, d.series, d.series_started_at, d.endpoint, d.status,
+const LOAD: &str =
+    "SELECT d.state, d.series, d.attempts, d.series_started_at, d.endpoint, d.status,
         d.conversion_id, c.click_id, c.transaction_id, c.goal, c.payout_minor,
         c.network_currency, c.occurred_at, c.created_at, o.key AS offer_key,
         a.key AS affiliate_key, k.sub1, k.sub2, k.sub3, k.sub4, k.sub5,
@@ -236,6 +386,8 @@ const LOAD: &str = "SELECT d.state, d.series, d.series_started_at, d.endpoint, d
 struct Loaded {
     state: String,
     series: i64,
+    /// Attempts recorded so far (every series): the lease checks nobody added one since.
+    attempts: i64,
     series_started_at: i64,
     endpoint: String,
     status: String,
@@ -258,7 +410,13 @@ struct Loaded {
     paused: bool,
 }
 
-async fn attempt(job: &DeliveryJob, ctx: &DeliveryContext) -> Result<(), StoreError> {
+/// One attempt of `job`: load, skip or send with `send`, record. `send` is the HTTP client in
+/// production and a scripted affiliate in tests; everything else is the same code.
+async fn attempt(
+    job: &DeliveryJob,
+    ctx: &DeliveryContext,
+    send: impl AsyncFnOnce(&OutboundRequest) -> AttemptRecord,
+) -> Result<(), StoreError> {
     // Before reading the row: a copy that started after this one finished must see its
     // attempt logged.
     let Some(_attempt) = ctx.attempts.try_acquire(job.idempotency_key()) else {
@@ -282,63 +440,83 @@ async fn attempt(job: &DeliveryJob, ctx: &DeliveryContext) -> Result<(), StoreEr
         return Ok(());
     }
     let endpoint_id = row.endpoint.clone();
-    let now = Utc::now();
-    if row.paused {
-        // The endpoint answered 410 meanwhile: wait for an operator's resume.
-        crate::db!(&ctx.pool, p => {
-            sqlx::query(
-                "UPDATE deliveries SET state = 'paused', next_attempt_at = NULL, updated_at = $2
-                 WHERE id = $1 AND state = 'pending'",
-            )
-            .bind(&job.delivery_id)
-            .bind(now.timestamp_millis())
-            .execute(p)
-            .await?;
-        });
-        return Ok(());
+    let now = ctx.clock.now();
+    // A paused or removed endpoint is sent nothing; any other takes a slot of its cap
+    // before the lease, so that a busy endpoint leases nothing.
+    let sending = ctx.endpoints.get(&endpoint_id).filter(|_| !row.paused);
+    let _permit = match sending {
+        Some(_) => match ctx.limiter.try_acquire(endpoint_id.clone()) {
+            Some(permit) => Some(permit),
+            None => return put_back(ctx, job, now, BUSY_ENDPOINT_DELAY_SECS).await,
+        },
+        None => None,
+    };
+    // Pure, and before the lease: an error here must not leave the delivery leased.
+    let request = match sending {
+        Some(endpoint) => {
+            Some(endpoint.build_request(&job.delivery_id, &values_of(&row)?, now.timestamp()))
+        }
+        None => None,
+    };
+    // Every write below is made under the lease, so a gateway still sending this delivery
+    // is neither overtaken nor overwritten.
+    if !take_lease(ctx, job, &row).await? {
+        tracing::debug!(delivery = %job.delivery_id, attempt = job.attempt_no, "Delivery leased by another gateway; attempt put back.");
+        return put_back(ctx, job, now, LEASED_DELAY_SECS).await;
     }
-    let Some(endpoint) = ctx.endpoints.get(&endpoint_id) else {
-        finish(
-            ctx,
-            job,
-            now,
-            None,
-            Step::Dead(format!("endpoint {endpoint_id} is no longer configured")),
-        )
-        .await?;
-        return Ok(());
-    };
-    let Some(_permit) = ctx.limiter.try_acquire(endpoint_id.clone()) else {
-        // Busy endpoint: run this attempt a little later, under its own idempotency key.
-        crate::db!(&ctx.pool, p => {
-            let mut conn = p.acquire().await?;
-            enqueue::push_job_keyed(
-                &mut Conn::from(&mut *conn),
-                job.clone(),
-                now.timestamp() + BUSY_ENDPOINT_DELAY_SECS,
-                format!("{}:w{}", job.idempotency_key(), now.timestamp_micros()),
-            )
-            .await?
-        });
-        return Ok(());
-    };
-
-    let values = values_of(&row)?;
-    let record = match endpoint.build_request(&job.delivery_id, &values, now.timestamp()) {
-        Ok(request) => ctx.client.send(&request).await,
-        Err(e) => {
-            finish(
-                ctx,
-                job,
-                now,
-                None,
-                Step::Dead(format!("cannot render: {e}")),
-            )
-            .await?;
-            return Ok(());
+    let result = match request {
+        _ if row.paused => park_paused(ctx, job, now).await,
+        Some(request) => send_and_finish(ctx, job, &row, now, request, send).await,
+        None => {
+            let step = Step::Dead(format!("endpoint {endpoint_id} is no longer configured"));
+            finish(ctx, job, now, now, None, step).await
         }
     };
-    let ended = Utc::now();
+    if result.is_err() {
+        // Recording failed: free the delivery for this job's re-run instead of making it
+        // wait for the lease to expire (best effort; it expires anyway).
+        release_lease(ctx, job, &row).await;
+    }
+    result
+}
+
+/// The endpoint answered 410 meanwhile: the delivery waits for an operator's resume.
+async fn park_paused(
+    ctx: &DeliveryContext,
+    job: &DeliveryJob,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    crate::db!(&ctx.pool, p => {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'paused', next_attempt_at = NULL, updated_at = $2,
+                lease_until = NULL
+             WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(&job.delivery_id)
+        .bind(now.timestamp_millis())
+        .execute(p)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Sends the rendered attempt (or dead-letters one that cannot be rendered) and records it.
+async fn send_and_finish(
+    ctx: &DeliveryContext,
+    job: &DeliveryJob,
+    row: &Loaded,
+    now: DateTime<Utc>,
+    request: Result<OutboundRequest, RenderError>,
+    send: impl AsyncFnOnce(&OutboundRequest) -> AttemptRecord,
+) -> Result<(), StoreError> {
+    let record = match request {
+        Ok(request) => send(&request).await,
+        Err(e) => {
+            let step = Step::Dead(format!("cannot render: {e}"));
+            return finish(ctx, job, now, now, None, step).await;
+        }
+    };
+    let ended = ctx.clock.now();
     let origin = Utc
         .timestamp_millis_opt(row.series_started_at)
         .single()
@@ -358,13 +536,80 @@ async fn attempt(job: &DeliveryJob, ctx: &DeliveryContext) -> Result<(), StoreEr
     };
     tracing::debug!(
         delivery = %job.delivery_id,
-        endpoint = %endpoint_id,
+        endpoint = %row.endpoint,
         attempt = job.attempt_no,
         status = ?record.status,
         step = ?step,
         "Delivery attempt."
     );
-    finish(ctx, job, ended, Some(&record), step).await
+    finish(ctx, job, now, ended, Some(&record), step).await
+}
+
+/// Queues this attempt again `delay_secs` from `now`, under an idempotency key of its own
+/// (the current job is acknowledged when this returns). If the attempt is done by then,
+/// the copy finds it logged and does nothing.
+async fn put_back(
+    ctx: &DeliveryContext,
+    job: &DeliveryJob,
+    now: DateTime<Utc>,
+    delay_secs: i64,
+) -> Result<(), StoreError> {
+    crate::db!(&ctx.pool, p => {
+        let mut conn = p.acquire().await?;
+        enqueue::push_job_keyed(
+            &mut Conn::from(&mut *conn),
+            job.clone(),
+            now.timestamp() + delay_secs,
+            format!("{}:w{}", job.idempotency_key(), now.timestamp_micros()),
+        )
+        .await?
+    });
+    Ok(())
+}
+
+/// One worker at a time per delivery, across gateways: on PostgreSQL the attempt leases its
+/// delivery row for longer than an attempt can take. False if another gateway holds the
+/// lease, or recorded an attempt since [`LOAD`] (its `attempts` moved on). A gateway that
+/// dies mid-attempt leaves its lease to expire: the re-queued job then sends, at most
+/// `total timeout + margin` later. Lease times come from the database's clock, so the
+/// gateways' clocks need not agree. On SQLite, one process serves the database and the
+/// in-process attempt slot already holds the other copies back.
+async fn take_lease(
+    ctx: &DeliveryContext,
+    job: &DeliveryJob,
+    row: &Loaded,
+) -> Result<bool, StoreError> {
+    let Db::Postgres(pool) = &ctx.pool else {
+        return Ok(true);
+    };
+    let leased = sqlx::query(
+        "UPDATE deliveries SET lease_until = CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $2
+         WHERE id = $1 AND state = 'pending' AND attempts = $3
+           AND (lease_until IS NULL
+                OR lease_until <= CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT))",
+    )
+    .bind(&job.delivery_id)
+    .bind(i64::try_from(ctx.lease.as_millis()).unwrap_or(i64::MAX / 2))
+    .bind(row.attempts)
+    .execute(pool)
+    .await?;
+    Ok(leased.rows_affected() == 1)
+}
+
+/// Frees a lease whose attempt was not recorded (its `attempts` did not move).
+async fn release_lease(ctx: &DeliveryContext, job: &DeliveryJob, row: &Loaded) {
+    let Db::Postgres(pool) = &ctx.pool else {
+        return;
+    };
+    let released =
+        sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE id = $1 AND attempts = $2")
+            .bind(&job.delivery_id)
+            .bind(row.attempts)
+            .execute(pool)
+            .await;
+    if let Err(e) = released {
+        tracing::debug!(delivery = %job.delivery_id, error = %e, "Lease not released; it expires.");
+    }
 }
 
 /// What the attempt leads to.
@@ -387,10 +632,12 @@ impl Step {
     }
 }
 
-/// Records the attempt and the delivery's next state in one transaction.
+/// Records the attempt (which started at `started`) and the delivery's next state (as of
+/// `now`) in one transaction.
 async fn finish(
     ctx: &DeliveryContext,
     job: &DeliveryJob,
+    started: DateTime<Utc>,
     now: DateTime<Utc>,
     record: Option<&AttemptRecord>,
     step: Step,
@@ -416,7 +663,7 @@ async fn finish(
         .bind(&job.delivery_id)
         .bind(i64::from(job.series))
         .bind(i64::from(job.attempt_no))
-        .bind(record.map_or(now_ms, |r| r.started_at.timestamp_millis()))
+        .bind(started.timestamp_millis())
         .bind(record.map_or_else(String::new, |r| r.url.clone()))
         .bind(record.and_then(|r| r.status).map(i64::from))
         .bind(record.map_or(0, |r| {
@@ -435,7 +682,7 @@ async fn finish(
         };
         sqlx::query(
             "UPDATE deliveries SET state = $2, attempts = attempts + 1, next_attempt_at = $3,
-                last_error = $4, updated_at = $5 WHERE id = $1",
+                last_error = $4, updated_at = $5, lease_until = NULL WHERE id = $1",
         )
         .bind(&job.delivery_id)
         .bind(state)
@@ -475,6 +722,11 @@ async fn finish(
         }
         tx.commit().await?;
     });
+    metrics::counter!(crate::telemetry::DELIVERY_ATTEMPTS, "outcome" => step.outcome())
+        .increment(1);
+    if let Some(record) = record {
+        metrics::histogram!(crate::telemetry::DELIVERY_DURATION).record(record.latency);
+    }
     Ok(())
 }
 
@@ -512,3 +764,6 @@ fn values_of(row: &Loaded) -> Result<PostbackValues, StoreError> {
         occurred_at: Utc.timestamp_millis_opt(at_ms).single().unwrap_or_default(),
     })
 }
+
+#[cfg(test)]
+mod tests;

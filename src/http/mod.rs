@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,6 +29,7 @@ pub use error::ApiError;
 use crate::domain::ReasonCode;
 use crate::pipeline::{ClickRequest, Pipeline, PostbackAnswer};
 use crate::s2s::Params;
+use crate::telemetry;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -37,6 +39,8 @@ pub struct AppState {
     pub client_ip_header: Option<Arc<str>>,
     pub max_body_bytes: usize,
     pub deliveries: crate::delivery::admin::Deliveries,
+    /// The delivery worker's state; `None` when this gateway runs none.
+    pub worker: Option<Arc<crate::delivery::worker::WorkerHealth>>,
 }
 
 /// The whole router.
@@ -53,11 +57,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/endpoints/{endpoint}/resume", post(resume_endpoint))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .layer(TimeoutLayer::with_status_code(
+        .route("/metrics", get(metrics))
+        // Inside the counting layer, so a request that timed out is counted as its 503.
+        .route_layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
         ))
+        .route_layer(axum::middleware::from_fn(count_request))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
@@ -423,9 +430,46 @@ async fn resume_endpoint(
     .into_response())
 }
 
+/// Counts and times every routed request under its route template (never the raw path:
+/// it would carry click IDs and make the label set unbounded).
+async fn count_request(path: MatchedPath, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let route = path.as_str().to_owned();
+    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route.clone())
+        .record(started.elapsed());
+    metrics::counter!(
+        telemetry::HTTP_REQUESTS,
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}
+
+/// Prometheus text exposition of the process' metrics (admin token required: the figures
+/// are business volumes). Spool gauges are read at scrape time.
+async fn metrics(_: Admin, State(state): State<AppState>) -> Response {
+    if let Some(stats) = state.pipeline.spool.as_ref().map(|s| s.stats()) {
+        metrics::gauge!(telemetry::SPOOL_PENDING).set(stats.pending as f64);
+        metrics::gauge!(telemetry::SPOOL_WRITABLE).set(if stats.writable { 1.0 } else { 0.0 });
+    }
+    let body = telemetry::metrics().map(|h| h.render()).unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 /// 200 `ready`; 200 `degraded` while the database is unreachable but the spool takes
 /// requests (every gateway shares the database: taking them all out of the load balancer
 /// would refuse requests that the spool keeps safe); 503 `unavailable` when neither can.
+/// The delivery worker's state is reported but does not change the status: a gateway
+/// whose worker is restarting still takes conversions, and their deliveries wait safely.
 async fn readyz(State(state): State<AppState>) -> Response {
     let spool = state.pipeline.spool.as_ref();
     let database_ok =
@@ -441,6 +485,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "status": word,
         "database": if database_ok { "ok" } else { "unreachable" },
         "spool": stats,
+        "delivery_worker": state.worker.as_ref().map(|w| serde_json::json!({
+            "running": w.running(),
+            "restarts": w.restarts(),
+        })),
     });
     (status, Json(body)).into_response()
 }

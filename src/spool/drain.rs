@@ -1,7 +1,8 @@
 //! The drainer: replays spooled entries in arrival order until the spool is empty.
 //!
-//! While the database is down there is one probe at a time — the oldest due entry — and
-//! the pause after each failed probe doubles from 1 s to `max_backoff` (±20 % jitter).
+//! While the database is down there is one probe at a time — the oldest due entry. The
+//! first waits 1 s after the failed write that spooled a request, and the pause after each
+//! failed probe doubles from there to `max_backoff` (±20 % jitter).
 //! Appends wake an idle drainer but never cut such a pause short, so a burst of spooled
 //! requests during an outage cannot turn into a hot loop; a request whose write succeeded
 //! does, since the database is evidently back. An entry the pipeline refuses
@@ -70,6 +71,7 @@ impl Spool {
         self.inner
             .drained
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::SPOOL_DRAINED).increment(1);
         let inner = std::sync::Arc::clone(&self.inner);
         let result = tokio::task::spawn_blocking(move || inner.journal().done(order))
             .await
@@ -122,6 +124,7 @@ impl Spool {
             self.inner
                 .buried
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!(crate::telemetry::SPOOL_DEAD).increment(1);
             tracing::warn!(spool_id = %id, attempts, error = %message, dir = %self.inner.dir.display(), "Spooled request gave up; kept in dead.log.");
         }
     }
@@ -134,6 +137,18 @@ pub async fn run<R: Replay>(spool: Spool, replay: R, mut stop: oneshot::Receiver
     loop {
         let now = Utc::now();
         match spool.next(now) {
+            // A request's write has just failed (which is why there is an entry): the first
+            // probe waits like any other, instead of taking the writer for another busy
+            // timeout right behind the live requests.
+            Next::Due(..) if outage == 0 && spool.database_down() => {
+                outage = 1;
+                let wait = backoff(0, spool.inner.max_backoff);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = spool.inner.recovered.notified() => {}
+                    _ = &mut stop => return,
+                }
+            }
             Next::Due(order, entry) => match replay.replay(&entry).await {
                 Ok(()) => {
                     outage = 0;

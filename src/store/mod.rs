@@ -130,7 +130,8 @@ impl StoreError {
 
     /// Whether the database could not be reached at all (as opposed to refusing this write):
     /// connection failures, timeouts waiting for a connection, a server shutting down or
-    /// refusing connections.
+    /// refusing connections, or — SQLite — another process holding the write lock for the
+    /// whole busy timeout (`SQLITE_BUSY` and its extended codes).
     pub fn is_unavailable(&self) -> bool {
         let Self::Database(e) = self else {
             return false;
@@ -143,9 +144,13 @@ impl StoreError {
             | sqlx::Error::WorkerCrashed => true,
             // SQLSTATE 08: connection exception; 57P0x: admin/crash shutdown, cannot connect
             // now; 55000 is what a database refusing connections (ALLOW_CONNECTIONS) says.
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "55000"),
+            // PostgreSQL's SQLSTATEs have five characters, SQLite's codes are numbers.
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                c.starts_with("08")
+                    || c.starts_with("57P")
+                    || c == "55000"
+                    || matches!(&*c, "5" | "261" | "517" | "773")
+            }),
             _ => false,
         }
     }

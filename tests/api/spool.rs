@@ -1,61 +1,18 @@
 //! When the database cannot be reached: verified requests are spooled, answered 202
 //! `queued` (Salesforce: its Ack), and replayed into the database exactly once.
 //!
-//! The outage is real, not a test hook. On SQLite another connection holds the write lock
-//! (`BEGIN EXCLUSIVE`), so the writer's transaction fails after its busy timeout (10 s),
-//! as it does when the database is locked or unreachable. Each locked write therefore
-//! takes about 10 s; requests are sent one at a time so none waits twice. On PostgreSQL
-//! the test's database stops accepting connections and its sessions are terminated, as in
-//! a server restart, while the other tests' databases carry on.
+//! The outage is real ([`Outage`]). On SQLite each locked write takes the 10 s busy
+//! timeout; requests are sent one at a time, and the drainer's first probe waits, so no
+//! request waits twice.
 
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::Connection;
 
 use crate::helpers::{ACME_TOKEN, SALESFORCE_TOKEN, SHOPIFY_SECRET, TestApp, spawn_app, spawn_in};
 use crate::hooks::{count, fixture, send_shopify, shopify_order};
-
-/// Keeps the gateway's database unusable until ended.
-enum Outage {
-    /// Holds SQLite's write lock.
-    Sqlite(sqlx::SqliteConnection),
-    /// The test database refuses connections.
-    Postgres(String),
-}
-
-impl Outage {
-    async fn begin(app: &TestApp) -> Outage {
-        // Let queued click rows commit first, so no batch mixes them with the requests.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if std::env::var(crate::support::POSTGRES_ENV).is_ok() {
-            crate::support::allow_connections(&app.database_url, false).await;
-            return Outage::Postgres(app.database_url.clone());
-        }
-        let db = app.dir.path().join("postgate.db");
-        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .expect("connect");
-        sqlx::query("BEGIN EXCLUSIVE")
-            .execute(&mut conn)
-            .await
-            .expect("write lock");
-        Outage::Sqlite(conn)
-    }
-
-    async fn end(self) {
-        match self {
-            Outage::Sqlite(mut conn) => {
-                sqlx::query("COMMIT")
-                    .execute(&mut conn)
-                    .await
-                    .expect("unlock");
-            }
-            Outage::Postgres(url) => crate::support::allow_connections(&url, true).await,
-        }
-    }
-}
+use crate::support::Outage;
 
 async fn readyz(app: &TestApp) -> (StatusCode, Value) {
     let resp = app.get("/readyz").await;
@@ -77,6 +34,27 @@ async fn drained(app: &TestApp) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `postgate_spooled_total` and `postgate_spool_drained_total` from `/metrics`.
+async fn spool_counters(app: &TestApp) -> (u64, u64) {
+    let page = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let value = |name: &str| {
+        crate::helpers::metric(&page, name).unwrap_or_else(|| panic!("{name} missing")) as u64
+    };
+    (
+        value("postgate_spooled_total"),
+        value("postgate_spool_drained_total"),
+    )
 }
 
 fn spool_files(app: &TestApp) -> String {
@@ -107,6 +85,7 @@ async fn a_postback_during_an_outage_is_queued_then_recorded_exactly_once() {
         ("transaction_id", "T-spooled-1"),
     ];
 
+    let counted_before = spool_counters(&app).await;
     let outage = Outage::begin(&app).await;
     let (status, body) = app.postback(&params).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -130,6 +109,12 @@ async fn a_postback_during_an_outage_is_queued_then_recorded_exactly_once() {
     assert_eq!(ready["database"], "ok");
     assert_eq!(ready["spool"]["drained_total"], 1);
     assert_eq!(ready["spool"]["dead"], 0);
+    // Process-wide counters (other tests in this process spool too): at least ours.
+    let counted = spool_counters(&app).await;
+    assert!(
+        counted.0 > counted_before.0 && counted.1 > counted_before.1,
+        "spooled and drained counted: {counted_before:?} -> {counted:?}"
+    );
 
     let list = conversions_of(&app, &click).await;
     assert_eq!(list.len(), 1, "{list:?}");

@@ -6,6 +6,7 @@ mod delivery_client;
 mod gateway;
 mod harness;
 mod multi;
+mod outage;
 mod standard_webhooks_vectors;
 #[path = "../support/mod.rs"]
 mod support;

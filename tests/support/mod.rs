@@ -200,3 +200,49 @@ pub async fn allow_connections(database_url: &str, allow: bool) {
             .expect("change the database's connection rights");
     }
 }
+
+/// Keeps a gateway's database unusable until ended — a real outage, not a test hook. On
+/// SQLite another connection holds the write lock (`BEGIN EXCLUSIVE`), so writes fail after
+/// their busy timeout (10 s), as when the database is locked or unreachable. On PostgreSQL
+/// the test's database stops accepting connections and its sessions are terminated, as in
+/// a server restart, while the other tests' databases carry on.
+pub enum Outage {
+    /// Holds SQLite's write lock.
+    Sqlite(sqlx::SqliteConnection),
+    /// The test database refuses connections.
+    Postgres(String),
+}
+
+impl Outage {
+    /// Begins an outage of `app`'s database (SQLite: `postgate.db` in its directory).
+    pub async fn begin(app: &TestApp) -> Outage {
+        use sqlx::Connection as _;
+        // Let queued click rows commit first, so no batch mixes them with the requests.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if std::env::var(POSTGRES_ENV).is_ok() {
+            allow_connections(&app.database_url, false).await;
+            return Outage::Postgres(app.database_url.clone());
+        }
+        let db = app.dir.path().join("postgate.db");
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("connect");
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut conn)
+            .await
+            .expect("write lock");
+        Outage::Sqlite(conn)
+    }
+
+    pub async fn end(self) {
+        match self {
+            Outage::Sqlite(mut conn) => {
+                sqlx::query("COMMIT")
+                    .execute(&mut conn)
+                    .await
+                    .expect("unlock");
+            }
+            Outage::Postgres(url) => allow_connections(&url, true).await,
+        }
+    }
+}
