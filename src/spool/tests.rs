@@ -311,6 +311,43 @@ async fn the_drainer_backs_off_while_down_then_replays_everything_once_in_order(
     assert!(segments(dir.path()).is_empty());
 }
 
+/// Records when each entry was replayed.
+struct Stamped(std::sync::Mutex<Vec<std::time::Instant>>);
+
+impl Replay for std::sync::Arc<Stamped> {
+    async fn replay(&self, _: &Entry) -> Result<(), ReplayError> {
+        self.0.lock().expect("lock").push(std::time::Instant::now());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_first_probe_waits_after_the_write_that_spooled_an_entry() {
+    // On SQLite a probe holds the only writer for a whole busy timeout: sent right after
+    // the failed write, it would make the next live request wait two timeouts.
+    let dir = tempfile::tempdir().expect("dir");
+    let spool = Spool::open(&settings(dir.path())).expect("open");
+    spool.append(Utc::now(), postback(1)).await.expect("append");
+    assert!(spool.database_down(), "an append means a write just failed");
+    let stamped = std::sync::Arc::new(Stamped(std::sync::Mutex::new(Vec::new())));
+    let started = std::time::Instant::now();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(drain::run(spool.clone(), stamped.clone(), stopped));
+    while spool.stats().pending > 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at = stamped.0.lock().expect("lock")[0];
+    // The pause is 1 s with ±20 % jitter.
+    assert!(
+        at - started >= Duration::from_millis(800),
+        "probed after {:?}",
+        at - started
+    );
+    let _ = stop.send(());
+    task.await.expect("drainer stops");
+}
+
 #[test]
 fn a_postback_without_optional_fields_round_trips() {
     let mut request = postback(1);

@@ -437,3 +437,50 @@ impl ConversionRow {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection as _;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+
+    use super::StoreError;
+
+    #[tokio::test]
+    async fn sqlite_locked_past_its_busy_timeout_counts_as_unavailable() {
+        let dir = tempfile::tempdir().expect("dir");
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::from_millis(50));
+        let mut holder = SqliteConnection::connect_with(&options)
+            .await
+            .expect("open");
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&mut holder)
+            .await
+            .expect("table");
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut holder)
+            .await
+            .expect("lock");
+        let mut writer = SqliteConnection::connect_with(&options)
+            .await
+            .expect("open");
+        let error = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut writer)
+            .await
+            .expect_err("locked");
+        assert!(StoreError::from(error).is_unavailable());
+
+        // A write the database refuses for its own reasons is not an outage.
+        sqlx::query("COMMIT")
+            .execute(&mut holder)
+            .await
+            .expect("unlock");
+        let error = sqlx::query("INSERT INTO missing VALUES (1)")
+            .execute(&mut writer)
+            .await
+            .expect_err("no such table");
+        assert!(!StoreError::from(error).is_unavailable());
+    }
+}
