@@ -53,7 +53,11 @@ pub struct RawRecord {
     pub path: String,
     /// JSON `[[name, value], …]` without credentials.
     pub headers_json: String,
-    pub body: bytes::Bytes,
+    /// The body, LZ4-compressed with its size prepended (`lz4_flex::compress_prepend_size`).
+    /// Compressed by the request's task, not the writer: the writer is the one serial stage.
+    pub body_lz4: Vec<u8>,
+    /// The body's size before compression.
+    pub body_size: i64,
     pub events: i64,
 }
 
@@ -209,7 +213,10 @@ impl Target {
                 Command::Ingest { work, .. } => {
                     work.decisions.len() * 800
                         + work.failures.len() * 300
-                        + work.raw.as_ref().map_or(0, |r| 200 + r.body.len() / 2)
+                        + work
+                            .raw
+                            .as_ref()
+                            .map_or(0, |r| 200 + r.headers_json.len() + r.body_lz4.len())
                 }
             };
             if bytes > POSTGRES_BATCH_BYTES && n > 0 {
@@ -659,14 +666,12 @@ fn push_raws_unnest(qb: &mut QueryBuilder<sqlx::Postgres>, raws: &[&RawRecord]) 
     );
     push_array(
         &mut list,
-        raws.iter()
-            .map(|r| lz4_flex::compress_prepend_size(&r.body))
-            .collect(),
+        raws.iter().map(|r| r.body_lz4.clone()).collect(),
         "bytea[]",
     );
     push_array(
         &mut list,
-        raws.iter().map(|r| r.body.len() as i64).collect(),
+        raws.iter().map(|r| r.body_size).collect(),
         "int8[]",
     );
     push_array(&mut list, raws.iter().map(|r| r.events).collect(), "int8[]");
@@ -826,10 +831,8 @@ fn push_raws(qb: &mut Builder, raws: &[&RawRecord]) {
                 .push_bind(r.method.clone())
                 .push_bind(r.path.clone())
                 .push_bind(r.headers_json.clone())
-                // Webhook JSON compresses 3-5x; every stored byte is written twice (WAL,
-                // then the checkpoint), so this is most of a raw request's cost. Lossless.
-                .push_bind(lz4_flex::compress_prepend_size(&r.body))
-                .push_bind(r.body.len() as i64)
+                .push_bind(r.body_lz4.clone())
+                .push_bind(r.body_size)
                 .push_bind(r.events);
         });
     })
