@@ -311,6 +311,14 @@ fn monitor(
 /// `Jobs` rows only have to outlive a re-run after a crash.
 const KEEP_FINISHED_JOBS_SECS: i64 = 86_400;
 
+/// Finished jobs deleted per statement. Each statement is one short write: on SQLite the
+/// group-commit writer waits for the lock meanwhile, and a day of finished jobs deleted in
+/// one statement (millions of rows at a few thousand deliveries/s) would hold it for minutes.
+const PRUNE_CHUNK: i64 = 1_000;
+
+/// The pause between two chunks, in which the ingest writer takes the lock.
+const PRUNE_PAUSE: Duration = Duration::from_millis(50);
+
 /// Deletes finished jobs of our queue now and then. apalis' own `Vacuum` is not used: it runs
 /// a full `VACUUM` on the shared file and its age filter compares seconds with text.
 async fn prune_loop(pool: Pool, every: Duration) {
@@ -318,33 +326,61 @@ async fn prune_loop(pool: Pool, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = match &pool {
-            Db::Sqlite(p) => sqlx::query(
-                "DELETE FROM Jobs WHERE job_type = $1 AND status IN ('Done', 'Killed')
-                    AND done_at < strftime('%s', 'now') - $2",
-            )
-            .bind(QUEUE)
-            .bind(KEEP_FINISHED_JOBS_SECS)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()),
-            Db::Postgres(p) => sqlx::query(
-                "DELETE FROM apalis.jobs WHERE job_type = $1 AND status IN ('Done', 'Killed')
-                    AND done_at < now() - make_interval(secs => $2)",
-            )
-            .bind(QUEUE)
-            .bind(KEEP_FINISHED_JOBS_SECS as f64)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()),
-        };
-        match result {
+        match prune_finished(&pool, KEEP_FINISHED_JOBS_SECS, PRUNE_CHUNK, PRUNE_PAUSE).await {
             Ok(deleted) if deleted > 0 => {
                 tracing::info!(deleted, "Pruned finished delivery jobs.");
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "Pruning finished delivery jobs failed."),
+            Err(e) => tracing::warn!(
+                error = %crate::store::writer::error_chain(&e),
+                "Pruning finished delivery jobs failed; trying again next time."
+            ),
         }
+    }
+}
+
+/// Deletes our queue's jobs that finished more than `keep_secs` ago, `chunk` rows per
+/// statement with `pause` between statements; returns how many went.
+async fn prune_finished(
+    pool: &Pool,
+    keep_secs: i64,
+    chunk: i64,
+    pause: Duration,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let deleted = match pool {
+            Db::Sqlite(p) => sqlx::query(
+                "DELETE FROM Jobs WHERE rowid IN (
+                    SELECT rowid FROM Jobs WHERE job_type = $1 AND status IN ('Done', 'Killed')
+                        AND done_at < strftime('%s', 'now') - $2
+                    LIMIT $3)",
+            )
+            .bind(QUEUE)
+            .bind(keep_secs)
+            .bind(chunk)
+            .execute(p)
+            .await?
+            .rows_affected(),
+            Db::Postgres(p) => sqlx::query(
+                "DELETE FROM apalis.jobs WHERE id IN (
+                    SELECT id FROM apalis.jobs WHERE job_type = $1
+                        AND status IN ('Done', 'Killed')
+                        AND done_at < now() - make_interval(secs => $2)
+                    LIMIT $3)",
+            )
+            .bind(QUEUE)
+            .bind(keep_secs as f64)
+            .bind(chunk)
+            .execute(p)
+            .await?
+            .rows_affected(),
+        };
+        total += deleted;
+        if deleted < chunk.unsigned_abs() {
+            return Ok(total);
+        }
+        tokio::time::sleep(pause).await;
     }
 }
 

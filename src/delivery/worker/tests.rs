@@ -654,3 +654,55 @@ async fn a_410_pauses_the_endpoint_and_a_due_attempt_of_another_delivery_is_not_
     );
     assert!(rig.job(&waiting.id, 2).await.is_none());
 }
+
+#[tokio::test]
+async fn finished_jobs_are_pruned_in_chunks_and_nothing_else_goes() {
+    let rig = Rig::new().await;
+    let now = Utc::now().timestamp();
+    let insert = async |n: usize, job_type: &str, status: &str, done_ago: Option<i64>| {
+        for _ in 0..n {
+            sqlx::query(
+                "INSERT INTO Jobs (job, id, job_type, status, run_at, done_at)
+                 VALUES (x'7b7d', $1, $2, $3, $4, $5)",
+            )
+            .bind(ulid::Ulid::generate().to_string())
+            .bind(job_type)
+            .bind(status)
+            .bind(now - 10 * 86_400)
+            .bind(done_ago.map(|ago| now - ago))
+            .execute(&rig.pool)
+            .await
+            .expect("job");
+        }
+    };
+    insert(25, QUEUE, "Done", Some(2 * 86_400)).await;
+    insert(4, QUEUE, "Killed", Some(2 * 86_400)).await;
+    insert(3, QUEUE, "Done", Some(60)).await;
+    insert(2, "another-queue", "Done", Some(2 * 86_400)).await;
+    insert(5, QUEUE, "Pending", None).await;
+
+    let deleted = prune_finished(&rig.ctx.pool, 86_400, 10, Duration::ZERO)
+        .await
+        .expect("prune");
+    assert_eq!(deleted, 29, "over three chunks of at most ten");
+    let left: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT job_type, status, COUNT(*) FROM Jobs GROUP BY job_type, status ORDER BY 1, 2",
+    )
+    .fetch_all(&rig.pool)
+    .await
+    .expect("left");
+    assert_eq!(
+        left,
+        [
+            ("another-queue".to_owned(), "Done".to_owned(), 2),
+            (QUEUE.to_owned(), "Done".to_owned(), 3),
+            (QUEUE.to_owned(), "Pending".to_owned(), 5),
+        ]
+    );
+    assert_eq!(
+        prune_finished(&rig.ctx.pool, 86_400, 10, Duration::ZERO)
+            .await
+            .expect("again"),
+        0
+    );
+}
