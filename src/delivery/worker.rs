@@ -6,8 +6,10 @@
 //!   PostgreSQL every gateway runs a worker: apalis hands each job to one of them
 //!   (`FOR UPDATE SKIP LOCKED`) and re-queues the jobs of a worker whose heartbeat stopped.
 //! - Output: one HTTP request to the affiliate (rendered now, from the conversion row), then
-//!   in ONE small transaction: the attempt row, the delivery's new state, and either the next
+//!   in ONE transaction: the attempt row, the delivery's new state, and either the next
 //!   attempt's job (retry), a paused endpoint (410) or a dead letter (schedule exhausted).
+//!   The transaction is shared with the other attempts that ended meanwhile ([`Recorder`]);
+//!   the handler returns (and apalis acks) only after it committed.
 //! - Errors: a database failure returns a plain error, which apalis re-runs at once up to
 //!   `INFRA_ATTEMPTS` times; HTTP failures are never handler errors (our schedule owns them).
 //! - Side effects: HTTP, rows in `delivery_attempts`, `deliveries`, `paused_endpoints`, `Jobs`.
@@ -77,6 +79,8 @@ pub struct DeliveryContext {
     clock: Arc<dyn Clock>,
     /// How long an attempt leases its delivery on PostgreSQL (see [`take_lease`]).
     lease: Duration,
+    /// Where attempts' outcomes are written, in groups.
+    recorder: Recorder,
 }
 
 impl DeliveryContext {
@@ -95,6 +99,7 @@ impl DeliveryContext {
             .map(|rule| (rule.endpoint.id.clone(), rule.endpoint.clone()))
             .collect();
         Ok(Self {
+            recorder: Recorder::spawn(pool.clone()),
             pool,
             client,
             endpoints,
@@ -669,7 +674,7 @@ impl Step {
 }
 
 /// Records the attempt (which started at `started`) and the delivery's next state (as of
-/// `now`) in one transaction.
+/// `now`) in one transaction, shared with the other attempts that ended meanwhile.
 async fn finish(
     ctx: &DeliveryContext,
     job: &DeliveryJob,
@@ -678,7 +683,6 @@ async fn finish(
     record: Option<&AttemptRecord>,
     step: Step,
 ) -> Result<(), StoreError> {
-    let now_ms = now.timestamp_millis();
     let error = match (&step, record) {
         (Step::Dead(reason), None) => Some(reason.clone()),
         (_, Some(r)) => r.error.clone().or_else(|| {
@@ -688,81 +692,180 @@ async fn finish(
         }),
         _ => None,
     };
-    crate::db!(&ctx.pool, pool => {
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (delivery_id, series, attempt_no, started_at, url,
-                http_status, latency_ms, outcome, error, response_prefix)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (delivery_id, series, attempt_no) DO NOTHING",
-        )
-        .bind(&job.delivery_id)
-        .bind(i64::from(job.series))
-        .bind(i64::from(job.attempt_no))
-        .bind(started.timestamp_millis())
-        .bind(record.map_or_else(String::new, |r| r.url.clone()))
-        .bind(record.and_then(|r| r.status).map(i64::from))
-        .bind(record.map_or(0, |r| {
-            i64::try_from(r.latency.as_millis()).unwrap_or(i64::MAX)
-        }))
-        .bind(step.outcome())
-        .bind(&error)
-        .bind(record.map(|r| r.body_prefix.clone()))
-        .execute(&mut *tx)
+    let outcome = step.outcome();
+    ctx.recorder
+        .record(Outcome {
+            job: job.clone(),
+            started_ms: started.timestamp_millis(),
+            now_ms: now.timestamp_millis(),
+            url: record.map_or_else(String::new, |r| r.url.clone()),
+            http_status: record.and_then(|r| r.status).map(i64::from),
+            latency_ms: record.map_or(0, |r| {
+                i64::try_from(r.latency.as_millis()).unwrap_or(i64::MAX)
+            }),
+            error,
+            body_prefix: record.map(|r| r.body_prefix.clone()),
+            step,
+        })
         .await?;
-        let (state, next_at) = match &step {
-            Step::Delivered => ("delivered", None),
-            Step::Retry(at) => ("pending", Some(at.timestamp_millis())),
-            Step::Pause => ("paused", None),
-            Step::Dead(_) => ("dead", None),
-        };
-        sqlx::query(
-            "UPDATE deliveries SET state = $2, attempts = attempts + 1, next_attempt_at = $3,
-                last_error = $4, updated_at = $5, lease_until = NULL WHERE id = $1",
-        )
-        .bind(&job.delivery_id)
-        .bind(state)
-        .bind(next_at)
-        .bind(&error)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        match &step {
-            Step::Retry(at) => {
-                // Whole seconds, rounded up: apalis stores run_at in seconds, and rounding down
-                // would run a retry before its scheduled delay.
-                let secs = (at.timestamp_millis() + 999).div_euclid(1000);
-                enqueue::push_job(&mut Conn::from(&mut *tx), job.next(), secs).await?;
-            }
-            Step::Pause => {
-                let endpoint: String =
-                    sqlx::query_scalar("SELECT endpoint FROM deliveries WHERE id = $1")
-                        .bind(&job.delivery_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                sqlx::query(
-                    "INSERT INTO paused_endpoints (endpoint, paused_at, reason) VALUES ($1, $2, $3)
-                     ON CONFLICT (endpoint) DO NOTHING",
-                )
-                .bind(&endpoint)
-                .bind(now_ms)
-                .bind("410 Gone")
-                .execute(&mut *tx)
-                .await?;
-                tracing::warn!(endpoint = %endpoint, "Endpoint answered 410 Gone; paused until resumed.");
-            }
-            Step::Dead(reason) => {
-                tracing::warn!(delivery = %job.delivery_id, reason = %reason, "Delivery dead-lettered.");
-            }
-            Step::Delivered => {}
-        }
-        tx.commit().await?;
-    });
-    metrics::counter!(crate::telemetry::DELIVERY_ATTEMPTS, "outcome" => step.outcome())
-        .increment(1);
+    metrics::counter!(crate::telemetry::DELIVERY_ATTEMPTS, "outcome" => outcome).increment(1);
     if let Some(record) = record {
         metrics::histogram!(crate::telemetry::DELIVERY_DURATION).record(record.latency);
     }
+    Ok(())
+}
+
+/// One attempt's outcome as [`Recorder`] writes it.
+struct Outcome {
+    job: DeliveryJob,
+    started_ms: i64,
+    now_ms: i64,
+    url: String,
+    http_status: Option<i64>,
+    latency_ms: i64,
+    error: Option<String>,
+    body_prefix: Option<Vec<u8>>,
+    step: Step,
+}
+
+/// Outcomes written per transaction, at most.
+const RECORD_GROUP: usize = 64;
+
+/// Writes attempt outcomes in groups: one transaction for every outcome that arrived while
+/// the previous one committed. On SQLite each transaction takes the one write lock, which
+/// apalis' polls and acks and the ingest writer need too; an attempt per transaction made
+/// the worker spend most of its time waiting for it (`docs/PERFORMANCE.md`, Deliveries).
+/// Each outcome's caller gets its own answer: when a group fails, its outcomes are written
+/// again one transaction each.
+struct Recorder {
+    queue: tokio::sync::mpsc::Sender<(
+        Outcome,
+        tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    )>,
+}
+
+impl Recorder {
+    /// Starts the recording task; it ends when the recorder is dropped.
+    fn spawn(pool: Pool) -> Self {
+        let (queue, rx) = tokio::sync::mpsc::channel(4 * RECORD_GROUP);
+        tokio::spawn(record_loop(pool, rx));
+        Recorder { queue }
+    }
+
+    /// Returns once `outcome` is committed.
+    async fn record(&self, outcome: Outcome) -> Result<(), StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((outcome, reply))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+type Recording = (
+    Outcome,
+    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+);
+
+async fn record_loop(pool: Pool, mut rx: tokio::sync::mpsc::Receiver<Recording>) {
+    let mut group: Vec<Recording> = Vec::with_capacity(RECORD_GROUP);
+    while rx.recv_many(&mut group, RECORD_GROUP).await > 0 {
+        let outcomes: Vec<&Outcome> = group.iter().map(|(o, _)| o).collect();
+        match write_outcomes(&pool, &outcomes).await {
+            Ok(()) => {
+                for (_, reply) in group.drain(..) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(error) if group.len() > 1 => {
+                tracing::debug!(error = %crate::store::writer::error_chain(&error), outcomes = group.len(), "Attempt outcomes written one by one after the group failed.");
+                for (outcome, reply) in group.drain(..) {
+                    let _ = reply.send(write_outcomes(&pool, &[&outcome]).await);
+                }
+            }
+            Err(error) => {
+                if let Some((_, reply)) = group.pop() {
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+    }
+}
+
+/// Every outcome's attempt row, delivery state and next step, in one transaction.
+async fn write_outcomes(pool: &Pool, outcomes: &[&Outcome]) -> Result<(), StoreError> {
+    crate::db!(pool, pool => {
+        let mut tx = pool.begin().await?;
+        for o in outcomes {
+            let job = &o.job;
+            sqlx::query(
+                "INSERT INTO delivery_attempts (delivery_id, series, attempt_no, started_at, url,
+                    http_status, latency_ms, outcome, error, response_prefix)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (delivery_id, series, attempt_no) DO NOTHING",
+            )
+            .bind(&job.delivery_id)
+            .bind(i64::from(job.series))
+            .bind(i64::from(job.attempt_no))
+            .bind(o.started_ms)
+            .bind(&o.url)
+            .bind(o.http_status)
+            .bind(o.latency_ms)
+            .bind(o.step.outcome())
+            .bind(&o.error)
+            .bind(&o.body_prefix)
+            .execute(&mut *tx)
+            .await?;
+            let (state, next_at) = match &o.step {
+                Step::Delivered => ("delivered", None),
+                Step::Retry(at) => ("pending", Some(at.timestamp_millis())),
+                Step::Pause => ("paused", None),
+                Step::Dead(_) => ("dead", None),
+            };
+            sqlx::query(
+                "UPDATE deliveries SET state = $2, attempts = attempts + 1, next_attempt_at = $3,
+                    last_error = $4, updated_at = $5, lease_until = NULL WHERE id = $1",
+            )
+            .bind(&job.delivery_id)
+            .bind(state)
+            .bind(next_at)
+            .bind(&o.error)
+            .bind(o.now_ms)
+            .execute(&mut *tx)
+            .await?;
+            match &o.step {
+                Step::Retry(at) => {
+                    // Whole seconds, rounded up: apalis stores run_at in seconds, and rounding
+                    // down would run a retry before its scheduled delay.
+                    let secs = (at.timestamp_millis() + 999).div_euclid(1000);
+                    enqueue::push_job(&mut Conn::from(&mut *tx), job.next(), secs).await?;
+                }
+                Step::Pause => {
+                    let endpoint: String =
+                        sqlx::query_scalar("SELECT endpoint FROM deliveries WHERE id = $1")
+                            .bind(&job.delivery_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    sqlx::query(
+                        "INSERT INTO paused_endpoints (endpoint, paused_at, reason) VALUES ($1, $2, $3)
+                         ON CONFLICT (endpoint) DO NOTHING",
+                    )
+                    .bind(&endpoint)
+                    .bind(o.now_ms)
+                    .bind("410 Gone")
+                    .execute(&mut *tx)
+                    .await?;
+                    tracing::warn!(endpoint = %endpoint, "Endpoint answered 410 Gone; paused until resumed.");
+                }
+                Step::Dead(reason) => {
+                    tracing::warn!(delivery = %job.delivery_id, reason = %reason, "Delivery dead-lettered.");
+                }
+                Step::Delivered => {}
+            }
+        }
+        tx.commit().await?;
+    });
     Ok(())
 }
 

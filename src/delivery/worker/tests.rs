@@ -706,3 +706,42 @@ async fn finished_jobs_are_pruned_in_chunks_and_nothing_else_goes() {
         0
     );
 }
+
+#[tokio::test]
+async fn outcomes_recorded_together_each_get_their_own_answer() {
+    let rig = Rig::new().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(rig.new_delivery().await.id);
+    }
+    // A delivery that does not exist: its attempt row breaks the foreign key, so a group
+    // holding it fails and is written again one outcome at a time.
+    ids.insert(2, "no-such-delivery".to_owned());
+    let outcome = |id: &str| Outcome {
+        job: DeliveryJob::first(id, 1),
+        started_ms: 1_000,
+        now_ms: 2_000,
+        url: "https://down.example/hooks".to_owned(),
+        http_status: Some(200),
+        latency_ms: 5,
+        error: None,
+        body_prefix: Some(b"ok".to_vec()),
+        step: Step::Delivered,
+    };
+    let answers =
+        futures_util::future::join_all(ids.iter().map(|id| rig.ctx.recorder.record(outcome(id))))
+            .await;
+    for (id, answer) in ids.iter().zip(&answers) {
+        if id == "no-such-delivery" {
+            assert!(answer.is_err(), "{id}: {answer:?}");
+        } else {
+            assert!(answer.is_ok(), "{id}: {answer:?}");
+            assert_eq!(rig.delivery(id).await, ("delivered".to_owned(), 1, None));
+        }
+    }
+    let attempts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_attempts")
+        .fetch_one(&rig.pool)
+        .await
+        .expect("count");
+    assert_eq!(attempts, 5);
+}
