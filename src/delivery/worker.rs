@@ -793,47 +793,65 @@ async fn record_loop(pool: Pool, mut rx: tokio::sync::mpsc::Receiver<Recording>)
     }
 }
 
-/// Every outcome's attempt row, delivery state and next step, in one transaction.
+/// Every outcome's attempt row, delivery state and next step, in one transaction: the
+/// attempt rows in one statement, the deliveries' states in another, then what retries and
+/// pauses need one by one (rare next to deliveries that succeed).
 async fn write_outcomes(pool: &Pool, outcomes: &[&Outcome]) -> Result<(), StoreError> {
     crate::db!(pool, pool => {
         let mut tx = pool.begin().await?;
+        let mut attempts = sqlx::QueryBuilder::new(
+            "INSERT INTO delivery_attempts (delivery_id, series, attempt_no, started_at, url,
+                http_status, latency_ms, outcome, error, response_prefix) ",
+        );
+        attempts.push_values(outcomes, |mut row, o| {
+            row.push_bind(o.job.delivery_id.clone())
+                .push_bind(i64::from(o.job.series))
+                .push_bind(i64::from(o.job.attempt_no))
+                .push_bind(o.started_ms)
+                .push_bind(o.url.clone())
+                .push_bind(o.http_status)
+                .push_bind(o.latency_ms)
+                .push_bind(o.step.outcome())
+                .push_bind(o.error.clone())
+                .push_bind(o.body_prefix.clone());
+        });
+        attempts.push(" ON CONFLICT (delivery_id, series, attempt_no) DO NOTHING");
+        attempts.build().execute(&mut *tx).await?;
+
+        // CASTs type the VALUES list for PostgreSQL; SQLite reads them as no-ops.
+        let mut states = sqlx::QueryBuilder::new(
+            "WITH v (id, state, next_at, last_error, updated_at) AS (VALUES ",
+        );
+        let mut rows = states.separated(", ");
         for o in outcomes {
-            let job = &o.job;
-            sqlx::query(
-                "INSERT INTO delivery_attempts (delivery_id, series, attempt_no, started_at, url,
-                    http_status, latency_ms, outcome, error, response_prefix)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (delivery_id, series, attempt_no) DO NOTHING",
-            )
-            .bind(&job.delivery_id)
-            .bind(i64::from(job.series))
-            .bind(i64::from(job.attempt_no))
-            .bind(o.started_ms)
-            .bind(&o.url)
-            .bind(o.http_status)
-            .bind(o.latency_ms)
-            .bind(o.step.outcome())
-            .bind(&o.error)
-            .bind(&o.body_prefix)
-            .execute(&mut *tx)
-            .await?;
             let (state, next_at) = match &o.step {
                 Step::Delivered => ("delivered", None),
                 Step::Retry(at) => ("pending", Some(at.timestamp_millis())),
                 Step::Pause => ("paused", None),
                 Step::Dead(_) => ("dead", None),
             };
-            sqlx::query(
-                "UPDATE deliveries SET state = $2, attempts = attempts + 1, next_attempt_at = $3,
-                    last_error = $4, updated_at = $5, lease_until = NULL WHERE id = $1",
-            )
-            .bind(&job.delivery_id)
-            .bind(state)
-            .bind(next_at)
-            .bind(&o.error)
-            .bind(o.now_ms)
-            .execute(&mut *tx)
-            .await?;
+            rows.push("(CAST(")
+                .push_bind_unseparated(o.job.delivery_id.clone())
+                .push_unseparated(" AS TEXT), CAST(")
+                .push_bind_unseparated(state)
+                .push_unseparated(" AS TEXT), CAST(")
+                .push_bind_unseparated(next_at)
+                .push_unseparated(" AS BIGINT), CAST(")
+                .push_bind_unseparated(o.error.clone())
+                .push_unseparated(" AS TEXT), CAST(")
+                .push_bind_unseparated(o.now_ms)
+                .push_unseparated(" AS BIGINT))");
+        }
+        states.push(
+            ") UPDATE deliveries SET state = v.state, attempts = attempts + 1,
+                next_attempt_at = v.next_at, last_error = v.last_error,
+                updated_at = v.updated_at, lease_until = NULL
+             FROM v WHERE deliveries.id = v.id",
+        );
+        states.build().execute(&mut *tx).await?;
+
+        for o in outcomes {
+            let job = &o.job;
             match &o.step {
                 Step::Retry(at) => {
                     // Whole seconds, rounded up: apalis stores run_at in seconds, and rounding
