@@ -1,5 +1,5 @@
 //! Outbound delivery benchmark: `cargo bench --bench deliveries -- [conversions] [concurrency]`
-//! (`concurrency` = postbacks in flight; env `WORKER_CONCURRENCY` = the worker's, default 64).
+//! (`concurrency` = postbacks in flight; env `WORKER_CONCURRENCY` = the worker's, default 128 like `outbound.concurrency`).
 //!
 //! Runs the real gateway in this process on a fresh database with one affiliate whose
 //! postback points at a local sink (an axum handler answering 200 and counting), then:
@@ -65,7 +65,7 @@ fn settings(db: &Path, sink: &str, worker: bool) -> Settings {
     let worker_concurrency: usize = std::env::var("WORKER_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+        .unwrap_or(128);
     let db = db.display().to_string();
     let sink = sink.to_owned();
     let mut s = Settings::from_toml(Path::new("bench.toml"), CONFIG, &move |n| match n {

@@ -1007,7 +1007,7 @@ fn validate(
         postbacks,
         allow_networks,
         schedule,
-        concurrency: positive("concurrency", o.concurrency.unwrap_or(64))?,
+        concurrency: positive("concurrency", o.concurrency.unwrap_or(128))?,
         per_endpoint_concurrency: positive(
             "per_endpoint_concurrency",
             o.per_endpoint_concurrency.unwrap_or(8),
