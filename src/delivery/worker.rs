@@ -738,10 +738,7 @@ const RECORD_GROUP: usize = 64;
 /// Each outcome's caller gets its own answer: when a group fails, its outcomes are written
 /// again one transaction each.
 struct Recorder {
-    queue: tokio::sync::mpsc::Sender<(
-        Outcome,
-        tokio::sync::oneshot::Sender<Result<(), StoreError>>,
-    )>,
+    queue: tokio::sync::mpsc::Sender<Recording>,
 }
 
 impl Recorder {
@@ -763,6 +760,7 @@ impl Recorder {
     }
 }
 
+/// An outcome and where its answer goes.
 type Recording = (
     Outcome,
     tokio::sync::oneshot::Sender<Result<(), StoreError>>,
