@@ -583,7 +583,7 @@ async fn send_and_finish(
         step = ?step,
         "Delivery attempt."
     );
-    finish(ctx, job, now, ended, Some(&record), step).await
+    finish(ctx, job, now, ended, Some(record), step).await
 }
 
 /// Queues this attempt again `delay_secs` from `now`, under an idempotency key of its own
@@ -680,37 +680,30 @@ async fn finish(
     job: &DeliveryJob,
     started: DateTime<Utc>,
     now: DateTime<Utc>,
-    record: Option<&AttemptRecord>,
+    record: Option<AttemptRecord>,
     step: Step,
 ) -> Result<(), StoreError> {
-    let error = match (&step, record) {
-        (Step::Dead(reason), None) => Some(reason.clone()),
-        (_, Some(r)) => r.error.clone().or_else(|| {
-            r.status
-                .filter(|s| !(200..300).contains(s))
-                .map(|s| format!("HTTP {s}"))
-        }),
-        _ => None,
-    };
     let outcome = step.outcome();
-    ctx.recorder
-        .record(Outcome {
-            job: job.clone(),
-            started_ms: started.timestamp_millis(),
-            now_ms: now.timestamp_millis(),
-            url: record.map_or_else(String::new, |r| r.url.clone()),
-            http_status: record.and_then(|r| r.status).map(i64::from),
-            latency_ms: record.map_or(0, |r| {
-                i64::try_from(r.latency.as_millis()).unwrap_or(i64::MAX)
+    let latency = record.as_ref().map(|r| r.latency);
+    let recorded = match record {
+        Some(r) => Outcome {
+            error: r.error.or_else(|| {
+                r.status
+                    .filter(|s| !(200..300).contains(s))
+                    .map(|s| format!("HTTP {s}"))
             }),
-            error,
-            body_prefix: record.map(|r| r.body_prefix.clone()),
-            step,
-        })
-        .await?;
+            url: r.url,
+            http_status: r.status.map(i64::from),
+            latency_ms: i64::try_from(r.latency.as_millis()).unwrap_or(i64::MAX),
+            body_prefix: Some(r.body_prefix),
+            ..Outcome::without_request(job, started, now, step)
+        },
+        None => Outcome::without_request(job, started, now, step),
+    };
+    ctx.recorder.record(recorded).await?;
     metrics::counter!(crate::telemetry::DELIVERY_ATTEMPTS, "outcome" => outcome).increment(1);
-    if let Some(record) = record {
-        metrics::histogram!(crate::telemetry::DELIVERY_DURATION).record(record.latency);
+    if let Some(latency) = latency {
+        metrics::histogram!(crate::telemetry::DELIVERY_DURATION).record(latency);
     }
     Ok(())
 }
@@ -726,6 +719,31 @@ struct Outcome {
     error: Option<String>,
     body_prefix: Option<Vec<u8>>,
     step: Step,
+}
+
+impl Outcome {
+    /// An outcome decided without sending (a dead letter's reason is its error).
+    fn without_request(
+        job: &DeliveryJob,
+        started: DateTime<Utc>,
+        now: DateTime<Utc>,
+        step: Step,
+    ) -> Outcome {
+        Outcome {
+            job: job.clone(),
+            started_ms: started.timestamp_millis(),
+            now_ms: now.timestamp_millis(),
+            url: String::new(),
+            http_status: None,
+            latency_ms: 0,
+            error: match &step {
+                Step::Dead(reason) => Some(reason.clone()),
+                _ => None,
+            },
+            body_prefix: None,
+            step,
+        }
+    }
 }
 
 /// Outcomes written per transaction, at most.
