@@ -500,8 +500,11 @@ impl Pipeline {
                 metrics::counter!(telemetry::WEBHOOK_EVENTS, "connector" => name.to_owned(), "status" => status)
                     .increment(1);
             }
-            metrics::counter!(telemetry::WEBHOOK_EVENTS, "connector" => name.to_owned(), "status" => "unmapped")
-                .increment(failures.len() as u64);
+            // Most requests have none: skip the registry lookup.
+            if !failures.is_empty() {
+                metrics::counter!(telemetry::WEBHOOK_EVENTS, "connector" => name.to_owned(), "status" => "unmapped")
+                    .increment(failures.len() as u64);
+            }
         }
         Ok(match hook.connector.receipt() {
             crate::connector::Receipt::Text { content_type, body } => HookAnswer::Text {
