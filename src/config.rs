@@ -89,6 +89,10 @@ pub struct OutboundSettings {
     pub poll_interval: std::time::Duration,
     /// Whether this process runs the delivery worker (enqueueing happens regardless).
     pub worker: bool,
+    /// How long the queued job of a first attempt handed straight to this process's worker
+    /// waits before apalis runs it as the fallback; `None` (`handoff_grace_ms = 0`): no
+    /// handoff, every attempt goes through apalis' polling.
+    pub handoff_grace: Option<std::time::Duration>,
 }
 
 /// Webhook sources: which connector files to load and whose conversions they report.
@@ -323,6 +327,7 @@ struct RawOutbound {
     total_timeout_ms: Option<u64>,
     poll_interval_ms: Option<u64>,
     worker: Option<bool>,
+    handoff_grace_ms: Option<u64>,
 }
 
 /// One postback destination as written.
@@ -1007,7 +1012,7 @@ fn validate(
         postbacks,
         allow_networks,
         schedule,
-        concurrency: positive("concurrency", o.concurrency.unwrap_or(128))?,
+        concurrency: positive("concurrency", o.concurrency.unwrap_or(256))?,
         per_endpoint_concurrency: positive(
             "per_endpoint_concurrency",
             o.per_endpoint_concurrency.unwrap_or(8),
@@ -1016,6 +1021,10 @@ fn validate(
         total_timeout: ms(o.total_timeout_ms.unwrap_or(15_000)),
         poll_interval: ms(o.poll_interval_ms.unwrap_or(200).max(10)),
         worker: o.worker.unwrap_or(true),
+        handoff_grace: match o.handoff_grace_ms.unwrap_or(60_000) {
+            0 => None,
+            grace => Some(ms(grace)),
+        },
     };
     let hooks = HooksSettings {
         connectors_dir: PathBuf::from(raw.paths.connectors.unwrap_or_else(|| "connectors".into())),

@@ -75,7 +75,18 @@ impl Application {
         };
         snapshot.postbacks = Arc::new(settings.outbound.postbacks.clone());
         let hooks = load_hooks(settings, &snapshot)?;
-        let (writer, writer_task) = writer::spawn(target, settings.writer.max_batch);
+        // New deliveries' first attempts go from the writer straight to this process's
+        // worker; their apalis jobs are the fallback (`outbound::handoff`).
+        let (handoff, handoffs) = match (settings.outbound.worker, settings.outbound.handoff_grace)
+        {
+            (true, Some(grace)) => {
+                let (handoff, rx) =
+                    crate::outbound::Handoff::channel(2 * settings.outbound.concurrency, grace);
+                (Some(handoff), Some(rx))
+            }
+            _ => (None, None),
+        };
+        let (writer, writer_task) = writer::spawn(target, settings.writer.max_batch, handoff);
         let checkpoint_task = checkpointer.map(|conn| {
             tokio::spawn(store::sqlite::checkpoint_loop(
                 conn,
@@ -87,8 +98,16 @@ impl Application {
         // `store::open`, so the writer can enqueue before the worker runs.
         let outbound_pool = store::worker_pool(&settings.server.database_url, 2).await?;
         let worker = if settings.outbound.worker {
-            let pool = store::delivery_pool(&settings.server.database_url, 4).await?;
-            Some(crate::delivery::worker::spawn(pool, &settings.outbound)?)
+            // The attempts' row loader keeps one connection (and on PostgreSQL the outcome
+            // recorder another); apalis' polls and acks, the leases and put-backs share the
+            // other four.
+            let pool = store::delivery_pool(&settings.server.database_url, 6).await?;
+            Some(crate::delivery::worker::spawn(
+                pool,
+                &settings.outbound,
+                handoffs,
+                Some(writer.clone()),
+            )?)
         } else {
             None
         };
@@ -161,14 +180,15 @@ impl Application {
                 tracing::error!(error = %e, "Spool drainer ended abnormally.");
             }
         }
-        // The router and the drainer (and with them every writer handle) are gone: the
-        // writer drains and stops.
-        if let Err(e) = self.writer_task.await {
-            tracing::error!(error = %e, "Writer task ended abnormally.");
-        }
-        // In-flight attempts finish and are recorded; queued ones wait in the database.
+        // In-flight attempts finish and are recorded (through the writer, on SQLite);
+        // queued ones wait in the database.
         if let Some(worker) = self.worker {
             worker.stop().await;
+        }
+        // The router, the drainer and the worker (and with them every writer handle) are
+        // gone: the writer drains and stops.
+        if let Err(e) = self.writer_task.await {
+            tracing::error!(error = %e, "Writer task ended abnormally.");
         }
         if let Some(task) = self.checkpoint_task {
             task.abort();

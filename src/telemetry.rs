@@ -89,6 +89,7 @@ pub const SPOOL_WRITABLE: &str = "postgate_spool_writable";
 pub const DELIVERY_ATTEMPTS: &str = "postgate_delivery_attempts_total";
 pub const DELIVERY_DURATION: &str = "postgate_delivery_attempt_duration_seconds";
 pub const DELIVERY_WORKER_RESTARTS: &str = "postgate_delivery_worker_restarts_total";
+pub const DELIVERY_FIRST_ATTEMPTS: &str = "postgate_delivery_first_attempts_total";
 
 fn describe() {
     describe_counter!(
@@ -150,6 +151,10 @@ fn describe() {
     describe_counter!(
         DELIVERY_WORKER_RESTARTS,
         "Times the delivery worker failed (its job table could not be polled) and a new one was started."
+    );
+    describe_counter!(
+        DELIVERY_FIRST_ATTEMPTS,
+        "Deliveries of newly recorded conversions, by how their first attempt reaches the worker: handed_off (at once, from the writer) or queued (apalis polls it: no worker here, handoff off, or the handoff queue was full). Status changes' deliveries always go through apalis and are not counted."
     );
     // Shown as 0 from the start, so `rate()` and alerts work before the first outage.
     for name in [SPOOLED, SPOOL_DRAINED, SPOOL_DEAD, DELIVERY_WORKER_RESTARTS] {

@@ -2,16 +2,20 @@
 //!
 //! Contract
 //! - Input: a [`DeliveryJob`] (delivery id, series, attempt number) fetched by apalis from
-//!   its job table in postgate's own database (apalis-sqlite or apalis-postgres). On
+//!   its job table in postgate's own database (apalis-sqlite or apalis-postgres), or handed
+//!   over by the writer right after the commit that queued it (a first attempt, whose job
+//!   is then due only after the grace: [`crate::outbound::handoff`]). On
 //!   PostgreSQL every gateway runs a worker: apalis hands each job to one of them
 //!   (`FOR UPDATE SKIP LOCKED`) and re-queues the jobs of a worker whose heartbeat stopped.
 //! - Output: one HTTP request to the affiliate (rendered now, from the conversion row), then
 //!   in ONE transaction: the attempt row, the delivery's new state, and either the next
 //!   attempt's job (retry), a paused endpoint (410) or a dead letter (schedule exhausted).
-//!   The transaction is shared with the other attempts that ended meanwhile ([`Recorder`]);
-//!   the handler returns (and apalis acks) only after it committed.
+//!   The transaction is shared with the other attempts that ended meanwhile ([`Recorder`];
+//!   on SQLite it is the group-commit writer's next batch) and, for a handed-off attempt,
+//!   marks its job done; the handler returns (and apalis acks) only after it committed.
 //! - Errors: a database failure returns a plain error, which apalis re-runs at once up to
-//!   `INFRA_ATTEMPTS` times; HTTP failures are never handler errors (our schedule owns them).
+//!   `INFRA_ATTEMPTS` times (a handed-off attempt's job runs when it comes due); HTTP
+//!   failures are never handler errors (our schedule owns them).
 //! - Side effects: HTTP, rows in `delivery_attempts`, `deliveries`, `paused_endpoints`, `Jobs`.
 //! - Time: read from the context's [`Clock`] when an attempt starts and when it ends (the
 //!   system clock unless [`DeliveryContext::with_clock`] replaced it); the retry's `run_at`
@@ -41,7 +45,8 @@ use crate::outbound::{
     DeliveryJob, Endpoint, NextStep, OutboundRequest, PostbackValues, QUEUE, RenderError,
     RetrySchedule,
 };
-use crate::store::{Conn, Db, Pool, StoreError};
+use crate::store::writer::WriterHandle;
+use crate::store::{Builder, Conn, Db, Pool, StoreError};
 
 /// When the endpoint's concurrency cap is reached, the attempt is put back this much later
 /// instead of holding one of the worker's slots while it waits.
@@ -54,6 +59,9 @@ const LEASE_MARGIN: Duration = Duration::from_secs(15);
 
 /// A copy of a job whose delivery another gateway has leased is put back this much later.
 const LEASED_DELAY_SECS: i64 = 5;
+
+/// A queued copy of an attempt this process has in flight looks again this much later.
+const IN_FLIGHT_DELAY_SECS: i64 = 5;
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +89,20 @@ pub struct DeliveryContext {
     lease: Duration,
     /// Where attempts' outcomes are written, in groups.
     recorder: Recorder,
+    /// Where attempts' rows are read, in groups.
+    loader: Loader,
+    /// `outbound.concurrency`: attempts in flight in this process, whether apalis fetched
+    /// them or the writer handed them over.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl DeliveryContext {
-    pub fn new(pool: Pool, settings: &OutboundSettings) -> Result<Self, WorkerError> {
+    /// The context of a worker; with a `writer`, its outcomes on SQLite are committed by it.
+    fn new(
+        pool: Pool,
+        settings: &OutboundSettings,
+        writer: Option<WriterHandle>,
+    ) -> Result<Self, WorkerError> {
         let allow = AllowList::parse(settings.allow_networks.iter().map(String::as_str))?;
         let client = DeliveryClient::new(ClientConfig {
             connect_timeout: settings.connect_timeout,
@@ -99,7 +117,8 @@ impl DeliveryContext {
             .map(|rule| (rule.endpoint.id.clone(), rule.endpoint.clone()))
             .collect();
         Ok(Self {
-            recorder: Recorder::spawn(pool.clone()),
+            recorder: Recorder::spawn(pool.clone(), writer),
+            loader: Loader::spawn(pool.clone()),
             pool,
             client,
             endpoints,
@@ -108,6 +127,7 @@ impl DeliveryContext {
             attempts: KeyedLimiter::new(1),
             clock: Arc::new(SystemClock),
             lease: settings.total_timeout + LEASE_MARGIN,
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.concurrency)),
         })
     }
 
@@ -123,6 +143,10 @@ pub struct RunningWorker {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
     prune: tokio::task::JoinHandle<()>,
+    handoffs: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
     health: Arc<WorkerHealth>,
 }
 
@@ -130,6 +154,12 @@ impl RunningWorker {
     pub async fn stop(self) {
         self.prune.abort();
         let _ = self.stop.send(());
+        if let Some((stop, task)) = self.handoffs {
+            let _ = stop.send(());
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "Handoff dispatcher ended abnormally.");
+            }
+        }
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "Delivery worker ended abnormally.");
         }
@@ -164,9 +194,21 @@ const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 /// A worker that ran this long before failing starts its backoff from the beginning.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
-/// Starts the worker on `pool` (a writable pool on the gateway's database).
-pub fn spawn(pool: Pool, settings: &OutboundSettings) -> Result<RunningWorker, WorkerError> {
-    let ctx = Arc::new(DeliveryContext::new(pool.clone(), settings)?);
+/// Starts the worker on `pool` (a writable pool on the gateway's database); with `handoffs`,
+/// it also attempts the first attempts the writer hands over (see
+/// [`crate::outbound::handoff`]).
+pub fn spawn(
+    pool: Pool,
+    settings: &OutboundSettings,
+    handoffs: Option<tokio::sync::mpsc::Receiver<DeliveryJob>>,
+    writer: Option<WriterHandle>,
+) -> Result<RunningWorker, WorkerError> {
+    let ctx = Arc::new(DeliveryContext::new(pool.clone(), settings, writer)?);
+    let handoffs = handoffs.map(|rx| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(dispatch_handoffs(Arc::clone(&ctx), rx, stopped));
+        (stop, task)
+    });
     let shape = Shape {
         concurrency: settings.concurrency,
         poll: settings.poll_interval,
@@ -185,8 +227,72 @@ pub fn spawn(pool: Pool, settings: &OutboundSettings) -> Result<RunningWorker, W
         stop,
         task,
         prune,
+        handoffs,
         health,
     })
+}
+
+/// How long a stopping worker waits for its handed-off attempts in flight, like apalis'
+/// shutdown timeout for its own.
+const HANDOFF_SHUTDOWN: Duration = Duration::from_secs(20);
+
+/// Attempts each first attempt the writer hands over, in a slot of `outbound.concurrency`
+/// shared with apalis' jobs; takes the one after only once a slot is free, so a busy worker
+/// fills the queue and the writer stops handing over (those jobs run due at once, through
+/// apalis). On stop, takes no more (the rest run when their queued jobs come due) and waits
+/// for those in flight.
+async fn dispatch_handoffs(
+    ctx: Arc<DeliveryContext>,
+    mut rx: tokio::sync::mpsc::Receiver<DeliveryJob>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let job = tokio::select! {
+            job = rx.recv() => job,
+            _ = &mut stopped => break,
+        };
+        let Some(job) = job else { break };
+        let slot = tokio::select! {
+            slot = Arc::clone(&ctx.slots).acquire_owned() => slot,
+            _ = &mut stopped => break,
+        };
+        let Ok(slot) = slot else { break };
+        while running.try_join_next().is_some() {}
+        let ctx = Arc::clone(&ctx);
+        running.spawn(async move {
+            let _slot = slot;
+            let send = async |request: &OutboundRequest| ctx.client.send(request).await;
+            if let Err(e) = attempt(&job, &ctx, Origin::Handoff, send).await {
+                tracing::warn!(
+                    error = %crate::store::writer::error_chain(&e),
+                    delivery = %job.delivery_id,
+                    "Handed-off attempt could not be recorded; its queued job runs it when due."
+                );
+            }
+        });
+    }
+    rx.close();
+    let drained = tokio::time::timeout(HANDOFF_SHUTDOWN, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            in_flight = running.len(),
+            "Handed-off attempts still in flight at shutdown; their queued jobs run them again."
+        );
+    }
+}
+
+/// How an attempt reached the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// apalis fetched its job, and acknowledges it when the handler returns.
+    Queue,
+    /// The writer handed it over; its job is still pending, and is marked done with the
+    /// outcome.
+    Handoff,
 }
 
 /// How the apalis worker polls.
@@ -391,8 +497,9 @@ async fn prune_finished(
 
 /// The apalis handler: one attempt.
 async fn deliver(job: DeliveryJob, ctx: Data<Arc<DeliveryContext>>) -> Result<(), BoxDynError> {
+    let _slot = Arc::clone(&ctx.slots).acquire_owned().await?;
     let send = async |request: &OutboundRequest| ctx.client.send(request).await;
-    match attempt(&job, &ctx, send).await {
+    match attempt(&job, &ctx, Origin::Queue, send).await {
         Ok(()) => Ok(()),
         Err(e) => {
             tracing::warn!(
@@ -406,23 +513,35 @@ async fn deliver(job: DeliveryJob, ctx: Data<Arc<DeliveryContext>>) -> Result<()
     }
 }
 
-/// The delivery and conversion columns one attempt needs.
-const LOAD: &str =
-    "SELECT d.state, d.series, d.attempts, d.series_started_at, d.endpoint, d.status,
+/// The delivery and conversion columns each attempt of a group needs (the jobs' list `j`,
+/// `WITH j (id, series, attempt_no) AS (VALUES …)`, comes first).
+const LOAD: &str = "
+    SELECT j.id AS job_delivery, j.series AS job_series, j.attempt_no AS job_attempt,
+        d.state, d.series, d.attempts, d.series_started_at, d.endpoint, d.status,
         d.conversion_id, c.click_id, c.transaction_id, c.goal, c.payout_minor,
         c.network_currency, c.occurred_at, c.created_at, o.key AS offer_key,
         a.key AS affiliate_key, k.sub1, k.sub2, k.sub3, k.sub4, k.sub5,
         EXISTS (SELECT 1 FROM delivery_attempts t WHERE t.delivery_id = d.id
-                AND t.series = $2 AND t.attempt_no = $3) AS done,
+                AND t.series = j.series AND t.attempt_no = j.attempt_no) AS done,
         EXISTS (SELECT 1 FROM paused_endpoints p WHERE p.endpoint = d.endpoint) AS paused
-    FROM deliveries d
+    FROM j
+    JOIN deliveries d ON d.id = j.id
     JOIN conversions c ON c.id = d.conversion_id
     LEFT JOIN offers o ON o.id = c.offer_id
     LEFT JOIN affiliates a ON a.id = c.affiliate_id
-    LEFT JOIN clicks k ON k.click_id = c.click_id
-    WHERE d.id = $1";
+    LEFT JOIN clicks k ON k.click_id = c.click_id";
 
-/// What [`LOAD`] reads.
+/// One row of [`LOAD`]: which job it answers, and the columns.
+#[derive(sqlx::FromRow)]
+struct LoadedFor {
+    job_delivery: String,
+    job_series: i64,
+    job_attempt: i64,
+    #[sqlx(flatten)]
+    row: Loaded,
+}
+
+/// What [`LOAD`] reads for one attempt.
 #[derive(sqlx::FromRow)]
 struct Loaded {
     state: String,
@@ -456,23 +575,24 @@ struct Loaded {
 async fn attempt(
     job: &DeliveryJob,
     ctx: &DeliveryContext,
+    origin: Origin,
     send: impl AsyncFnOnce(&OutboundRequest) -> AttemptRecord,
 ) -> Result<(), StoreError> {
     // Before reading the row: a copy that started after this one finished must see its
     // attempt logged.
     let Some(_attempt) = ctx.attempts.try_acquire(job.idempotency_key()) else {
-        // The other copy sends it and records the outcome; this one is done.
+        // The other copy sends it and records the outcome. A handed-off copy is done here:
+        // the copy in flight came from apalis, which re-runs it if recording fails. A job
+        // apalis fetched is acknowledged when this returns, so it leaves a copy to look
+        // again later: if the copy in flight was handed off and fails to record, nothing
+        // else would send the attempt (its own job is this one).
         tracing::debug!(delivery = %job.delivery_id, attempt = job.attempt_no, "Attempt already in flight.");
-        return Ok(());
+        return match origin {
+            Origin::Handoff => Ok(()),
+            Origin::Queue => put_back(ctx, job, ctx.clock.now(), IN_FLIGHT_DELAY_SECS).await,
+        };
     };
-    let row: Option<Loaded> = crate::db!(&ctx.pool, p => {
-        sqlx::query_as(LOAD)
-            .bind(&job.delivery_id)
-            .bind(i64::from(job.series))
-            .bind(i64::from(job.attempt_no))
-            .fetch_optional(p)
-            .await?
-    });
+    let row = ctx.loader.load(job.clone()).await?;
     let Some(row) = row else {
         tracing::warn!(delivery = %job.delivery_id, "Job for an unknown delivery; dropped.");
         return Ok(());
@@ -507,10 +627,10 @@ async fn attempt(
     }
     let result = match request {
         _ if row.paused => park_paused(ctx, job, now).await,
-        Some(request) => send_and_finish(ctx, job, &row, now, request, send).await,
+        Some(request) => send_and_finish(ctx, job, origin, &row, now, request, send).await,
         None => {
             let step = Step::Dead(format!("endpoint {endpoint_id} is no longer configured"));
-            finish(ctx, job, now, now, None, step).await
+            finish(ctx, job, origin, now, now, None, step).await
         }
     };
     if result.is_err() {
@@ -545,6 +665,7 @@ async fn park_paused(
 async fn send_and_finish(
     ctx: &DeliveryContext,
     job: &DeliveryJob,
+    origin: Origin,
     row: &Loaded,
     now: DateTime<Utc>,
     request: Result<OutboundRequest, RenderError>,
@@ -554,16 +675,16 @@ async fn send_and_finish(
         Ok(request) => send(&request).await,
         Err(e) => {
             let step = Step::Dead(format!("cannot render: {e}"));
-            return finish(ctx, job, now, now, None, step).await;
+            return finish(ctx, job, origin, now, now, None, step).await;
         }
     };
     let ended = ctx.clock.now();
-    let origin = Utc
+    let series_origin = Utc
         .timestamp_millis_opt(row.series_started_at)
         .single()
         .unwrap_or(ended);
     let step = match ctx.schedule.plan(
-        origin,
+        series_origin,
         ended,
         job.attempt_no,
         record.outcome,
@@ -583,7 +704,7 @@ async fn send_and_finish(
         step = ?step,
         "Delivery attempt."
     );
-    finish(ctx, job, now, ended, Some(record), step).await
+    finish(ctx, job, origin, now, ended, Some(record), step).await
 }
 
 /// Queues this attempt again `delay_secs` from `now`, under an idempotency key of its own
@@ -678,6 +799,7 @@ impl Step {
 async fn finish(
     ctx: &DeliveryContext,
     job: &DeliveryJob,
+    origin: Origin,
     started: DateTime<Utc>,
     now: DateTime<Utc>,
     record: Option<AttemptRecord>,
@@ -696,9 +818,9 @@ async fn finish(
             http_status: r.status.map(i64::from),
             latency_ms: i64::try_from(r.latency.as_millis()).unwrap_or(i64::MAX),
             body_prefix: Some(r.body_prefix),
-            ..Outcome::without_request(job, started, now, step)
+            ..Outcome::without_request(job, origin, started, now, step)
         },
-        None => Outcome::without_request(job, started, now, step),
+        None => Outcome::without_request(job, origin, started, now, step),
     };
     ctx.recorder.record(recorded).await?;
     metrics::counter!(crate::telemetry::DELIVERY_ATTEMPTS, "outcome" => outcome).increment(1);
@@ -711,6 +833,7 @@ async fn finish(
 /// One attempt's outcome as [`Recorder`] writes it.
 struct Outcome {
     job: DeliveryJob,
+    origin: Origin,
     started_ms: i64,
     now_ms: i64,
     url: String,
@@ -722,15 +845,30 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Says what a recorded outcome changed that an operator should know about.
+    fn log(&self) {
+        match &self.step {
+            Step::Pause => {
+                tracing::warn!(delivery = %self.job.delivery_id, "The delivery's endpoint answered 410 Gone; paused until resumed.")
+            }
+            Step::Dead(reason) => {
+                tracing::warn!(delivery = %self.job.delivery_id, reason = %reason, "Delivery dead-lettered.")
+            }
+            Step::Delivered | Step::Retry(_) => {}
+        }
+    }
+
     /// An outcome decided without sending (a dead letter's reason is its error).
     fn without_request(
         job: &DeliveryJob,
+        origin: Origin,
         started: DateTime<Utc>,
         now: DateTime<Utc>,
         step: Step,
     ) -> Outcome {
         Outcome {
             job: job.clone(),
+            origin,
             started_ms: started.timestamp_millis(),
             now_ms: now.timestamp_millis(),
             url: String::new(),
@@ -746,13 +884,17 @@ impl Outcome {
     }
 }
 
-/// Outcomes written per transaction, at most.
-const RECORD_GROUP: usize = 64;
+/// Outcomes written per transaction, at most (10 parameters each in the attempts' insert:
+/// far below SQLite's 32 766 and PostgreSQL's 65 535). 64 capped deliveries at ~6k/s while
+/// postbacks came in: a group waits for one of the writer's commits, 10 ms under that load.
+const RECORD_GROUP: usize = 512;
 
 /// Writes attempt outcomes in groups: one transaction for every outcome that arrived while
-/// the previous one committed. On SQLite each transaction takes the one write lock, which
-/// apalis' polls and acks and the ingest writer need too; an attempt per transaction made
-/// the worker spend most of its time waiting for it (`docs/PERFORMANCE.md`, Deliveries).
+/// the previous one committed. On SQLite the group goes to the gateway's writer, which
+/// commits it with its next batch: SQLite has one write lock, and a transaction of our own
+/// waited for it behind the ingest writer's batches (busy-handler sleeps of milliseconds)
+/// and paid an fsync of its own (`docs/PERFORMANCE.md`, Deliveries). On PostgreSQL, or
+/// without a writer (tests), it commits on a connection of its own.
 /// Each outcome's caller gets its own answer: when a group fails, its outcomes are written
 /// again one transaction each.
 struct Recorder {
@@ -761,43 +903,232 @@ struct Recorder {
 
 impl Recorder {
     /// Starts the recording task; it ends when the recorder is dropped.
-    fn spawn(pool: Pool) -> Self {
+    fn spawn(pool: Pool, writer: Option<WriterHandle>) -> Self {
         let (queue, rx) = tokio::sync::mpsc::channel(4 * RECORD_GROUP);
-        tokio::spawn(record_loop(pool, rx));
+        let sink = match (writer, &pool) {
+            (Some(writer), Db::Sqlite(_)) => Sink::Writer(writer),
+            _ => Sink::Own(Held { pool, conn: None }),
+        };
+        tokio::spawn(record_loop(sink, rx));
         Recorder { queue }
     }
 
     /// Returns once `outcome` is committed.
     async fn record(&self, outcome: Outcome) -> Result<(), StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.queue
-            .send((outcome, reply))
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        ask(&self.queue, Arc::new(outcome)).await
     }
+}
+
+/// Hands `item` to a grouping task ([`Recorder`], [`Loader`]) and waits for its own answer.
+async fn ask<T, R>(
+    queue: &tokio::sync::mpsc::Sender<(T, tokio::sync::oneshot::Sender<Result<R, StoreError>>)>,
+    item: T,
+) -> Result<R, StoreError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    queue
+        .send((item, reply))
+        .await
+        .map_err(|_| StoreError::WriterGone)?;
+    answer.await.map_err(|_| StoreError::WriterGone)?
 }
 
 /// An outcome and where its answer goes.
 type Recording = (
-    Outcome,
+    Arc<Outcome>,
     tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 );
 
-async fn record_loop(pool: Pool, mut rx: tokio::sync::mpsc::Receiver<Recording>) {
+/// Where the recorder commits.
+enum Sink {
+    /// The gateway's writer (SQLite).
+    Writer(WriterHandle),
+    /// A connection of the recorder's own.
+    Own(Held),
+}
+
+impl Sink {
+    async fn write(&mut self, outcomes: &[Arc<Outcome>]) -> Result<(), StoreError> {
+        match self {
+            Sink::Writer(writer) => {
+                let owned = outcomes.to_vec();
+                writer
+                    .write(Box::new(move |qb| {
+                        let refs: Vec<&Outcome> = owned.iter().map(|o| &**o).collect();
+                        push_outcomes(qb, &refs);
+                    }))
+                    .await
+                    .map_err(|_| StoreError::NotCommitted)
+            }
+            Sink::Own(held) => {
+                let refs: Vec<&Outcome> = outcomes.iter().map(|o| &**o).collect();
+                held.write(&refs).await
+            }
+        }
+    }
+}
+
+/// A pool connection kept by the recorder.
+type HeldConn =
+    Db<sqlx::pool::PoolConnection<sqlx::Sqlite>, sqlx::pool::PoolConnection<sqlx::Postgres>>;
+
+/// The recorder's own connection, taken from the delivery pool once and kept: in the pool
+/// it queued behind every attempt's row read, and each group waited for a turn (a group
+/// commit of ~35 outcomes took 6 ms, most of it waiting). Dropped after a failure, so a
+/// broken connection is replaced by the next group.
+struct Held {
+    pool: Pool,
+    conn: Option<HeldConn>,
+}
+
+impl Held {
+    async fn conn(&mut self) -> Result<&mut HeldConn, StoreError> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => match &self.pool {
+                Db::Sqlite(p) => Db::Sqlite(p.acquire().await?),
+                Db::Postgres(p) => Db::Postgres(p.acquire().await?),
+            },
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    /// Runs `work` on the held connection; drops it if that failed.
+    async fn run<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut HeldConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let done = match self.conn().await {
+            Ok(conn) => work(conn).await,
+            Err(e) => Err(e),
+        };
+        if done.is_err() {
+            self.conn = None;
+        }
+        done
+    }
+
+    /// Writes `outcomes` on the held connection.
+    async fn write(&mut self, outcomes: &[&Outcome]) -> Result<(), StoreError> {
+        self.run(async |conn| write_outcomes(conn, outcomes).await)
+            .await
+    }
+}
+
+/// Rows read per statement, at most.
+const LOAD_GROUP: usize = 64;
+
+/// Reads attempts' rows in groups: one statement for every attempt that asked while the
+/// previous one ran, on a connection of its own. One statement per attempt made each wait
+/// for one of the pool's few connections, and each read paid a transaction's setup (on
+/// SQLite a hop to the connection's thread and a check of the WAL): 5 ms per attempt with
+/// 128 in flight.
+struct Loader {
+    queue: tokio::sync::mpsc::Sender<Loading>,
+}
+
+/// A job and where its row goes (`None`: no such delivery).
+type Loading = (
+    DeliveryJob,
+    tokio::sync::oneshot::Sender<Result<Option<Loaded>, StoreError>>,
+);
+
+impl Loader {
+    /// Starts the loading task; it ends when the loader is dropped.
+    fn spawn(pool: Pool) -> Self {
+        let (queue, rx) = tokio::sync::mpsc::channel(4 * LOAD_GROUP);
+        tokio::spawn(load_loop(pool, rx));
+        Loader { queue }
+    }
+
+    /// The row `job` needs, read in a group with the other attempts that asked meanwhile.
+    async fn load(&self, job: DeliveryJob) -> Result<Option<Loaded>, StoreError> {
+        ask(&self.queue, job).await
+    }
+}
+
+async fn load_loop(pool: Pool, mut rx: tokio::sync::mpsc::Receiver<Loading>) {
+    let mut held = Held { pool, conn: None };
+    let mut group: Vec<Loading> = Vec::with_capacity(LOAD_GROUP);
+    while rx.recv_many(&mut group, LOAD_GROUP).await > 0 {
+        let jobs: Vec<&DeliveryJob> = group.iter().map(|(j, _)| j).collect();
+        match held.run(async |conn| load_rows(conn, &jobs).await).await {
+            Ok(mut rows) => {
+                for (job, reply) in group.drain(..) {
+                    let _ = reply.send(Ok(rows.remove(&row_key(&job))));
+                }
+            }
+            // Each caller gets its own answer: read them one by one.
+            Err(error) => {
+                tracing::debug!(error = %crate::store::writer::error_chain(&error), jobs = group.len(), "Attempt rows read one by one after the group failed.");
+                for (job, reply) in group.drain(..) {
+                    let one = held
+                        .run(async |conn| load_rows(conn, &[&job]).await)
+                        .await
+                        .map(|mut rows| rows.remove(&row_key(&job)));
+                    let _ = reply.send(one);
+                }
+            }
+        }
+    }
+}
+
+/// Which job a row of [`LOAD`] answers: (delivery, series, attempt).
+type RowKey = (String, i64, i64);
+
+fn row_key(job: &DeliveryJob) -> RowKey {
+    (
+        job.delivery_id.clone(),
+        i64::from(job.series),
+        i64::from(job.attempt_no),
+    )
+}
+
+/// The rows of `jobs`, by [`row_key`].
+async fn load_rows(
+    conn: &mut HeldConn,
+    jobs: &[&DeliveryJob],
+) -> Result<HashMap<RowKey, Loaded>, StoreError> {
+    crate::db!(conn, conn => {
+        // CASTs type the VALUES list for PostgreSQL; SQLite reads them as no-ops.
+        let mut qb = sqlx::QueryBuilder::new("WITH j (id, series, attempt_no) AS (VALUES ");
+        let mut list = qb.separated(", ");
+        for job in jobs {
+            list.push("(CAST(")
+                .push_bind_unseparated(job.delivery_id.clone())
+                .push_unseparated(" AS TEXT), CAST(")
+                .push_bind_unseparated(i64::from(job.series))
+                .push_unseparated(" AS BIGINT), CAST(")
+                .push_bind_unseparated(i64::from(job.attempt_no))
+                .push_unseparated(" AS BIGINT))");
+        }
+        qb.push(")").push(LOAD);
+        let rows: Vec<LoadedFor> = qb.build_query_as().fetch_all(&mut **conn).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ((r.job_delivery, r.job_series, r.job_attempt), r.row))
+            .collect())
+    })
+}
+
+async fn record_loop(mut sink: Sink, mut rx: tokio::sync::mpsc::Receiver<Recording>) {
     let mut group: Vec<Recording> = Vec::with_capacity(RECORD_GROUP);
     while rx.recv_many(&mut group, RECORD_GROUP).await > 0 {
-        let outcomes: Vec<&Outcome> = group.iter().map(|(o, _)| o).collect();
-        match write_outcomes(&pool, &outcomes).await {
+        let outcomes: Vec<Arc<Outcome>> = group.iter().map(|(o, _)| Arc::clone(o)).collect();
+        match sink.write(&outcomes).await {
             Ok(()) => {
-                for (_, reply) in group.drain(..) {
+                for (outcome, reply) in group.drain(..) {
+                    outcome.log();
                     let _ = reply.send(Ok(()));
                 }
             }
             Err(error) if group.len() > 1 => {
                 tracing::debug!(error = %crate::store::writer::error_chain(&error), outcomes = group.len(), "Attempt outcomes written one by one after the group failed.");
                 for (outcome, reply) in group.drain(..) {
-                    let _ = reply.send(write_outcomes(&pool, &[&outcome]).await);
+                    let written = sink.write(std::slice::from_ref(&outcome)).await;
+                    if written.is_ok() {
+                        outcome.log();
+                    }
+                    let _ = reply.send(written);
                 }
             }
             Err(error) => {
@@ -809,17 +1140,59 @@ async fn record_loop(pool: Pool, mut rx: tokio::sync::mpsc::Receiver<Recording>)
     }
 }
 
-/// Every outcome's attempt row, delivery state and next step, in one transaction: the
-/// attempt rows in one statement, the deliveries' states in another, then what retries and
-/// pauses need one by one (rare next to deliveries that succeed).
-async fn write_outcomes(pool: &Pool, outcomes: &[&Outcome]) -> Result<(), StoreError> {
-    crate::db!(pool, pool => {
-        let mut tx = pool.begin().await?;
-        let mut attempts = sqlx::QueryBuilder::new(
+/// Every outcome's attempt row, delivery state and next step, in one transaction.
+async fn write_outcomes(conn: &mut HeldConn, outcomes: &[&Outcome]) -> Result<(), StoreError> {
+    use sqlx::Connection as _;
+    match conn {
+        Db::Sqlite(conn) => {
+            crate::store::sqlite::commit_statements(conn, |qb| push_outcomes(qb, outcomes)).await?;
+        }
+        Db::Postgres(conn) => {
+            let mut tx = conn.begin().await?;
+            for push in OUTCOME_STATEMENTS {
+                let mut qb: Builder = Db::Postgres(sqlx::QueryBuilder::new(""));
+                if push(&mut qb, outcomes) {
+                    Conn::from(&mut *tx).execute(qb).await?;
+                }
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+/// One statement of an outcome group: appends it to the builder (no terminator) and says
+/// whether there was anything to write.
+type PushStatement = fn(&mut Builder, &[&Outcome]) -> bool;
+
+/// The statements that record a group of outcomes, in order.
+const OUTCOME_STATEMENTS: [PushStatement; 5] = [
+    push_attempt_rows,
+    push_states,
+    push_handed_off_done,
+    push_retries,
+    push_pauses,
+];
+
+/// Appends every statement recording `outcomes` to a SQLite multi-statement query, each
+/// terminated; the caller wraps them in a transaction.
+fn push_outcomes(qb: &mut Builder, outcomes: &[&Outcome]) {
+    for push in OUTCOME_STATEMENTS {
+        if push(qb, outcomes)
+            && let Db::Sqlite(q) = qb
+        {
+            q.push(";\n");
+        }
+    }
+}
+
+/// The attempt rows, one multi-row insert.
+fn push_attempt_rows(qb: &mut Builder, outcomes: &[&Outcome]) -> bool {
+    crate::db!(qb, qb => {
+        qb.push(
             "INSERT INTO delivery_attempts (delivery_id, series, attempt_no, started_at, url,
                 http_status, latency_ms, outcome, error, response_prefix) ",
         );
-        attempts.push_values(outcomes, |mut row, o| {
+        qb.push_values(outcomes, |mut row, o| {
             row.push_bind(o.job.delivery_id.clone())
                 .push_bind(i64::from(o.job.series))
                 .push_bind(i64::from(o.job.attempt_no))
@@ -831,14 +1204,17 @@ async fn write_outcomes(pool: &Pool, outcomes: &[&Outcome]) -> Result<(), StoreE
                 .push_bind(o.error.clone())
                 .push_bind(o.body_prefix.clone());
         });
-        attempts.push(" ON CONFLICT (delivery_id, series, attempt_no) DO NOTHING");
-        attempts.build().execute(&mut *tx).await?;
+        qb.push(" ON CONFLICT (delivery_id, series, attempt_no) DO NOTHING");
+    });
+    true
+}
 
+/// The deliveries' new states, one `UPDATE … FROM (VALUES …)`.
+fn push_states(qb: &mut Builder, outcomes: &[&Outcome]) -> bool {
+    crate::db!(qb, qb => {
         // CASTs type the VALUES list for PostgreSQL; SQLite reads them as no-ops.
-        let mut states = sqlx::QueryBuilder::new(
-            "WITH v (id, state, next_at, last_error, updated_at) AS (VALUES ",
-        );
-        let mut rows = states.separated(", ");
+        qb.push("WITH v (id, state, next_at, last_error, updated_at) AS (VALUES ");
+        let mut rows = qb.separated(", ");
         for o in outcomes {
             let (state, next_at) = match &o.step {
                 Step::Delivered => ("delivered", None),
@@ -858,49 +1234,106 @@ async fn write_outcomes(pool: &Pool, outcomes: &[&Outcome]) -> Result<(), StoreE
                 .push_bind_unseparated(o.now_ms)
                 .push_unseparated(" AS BIGINT))");
         }
-        states.push(
+        qb.push(
             ") UPDATE deliveries SET state = v.state, attempts = attempts + 1,
                 next_attempt_at = v.next_at, last_error = v.last_error,
                 updated_at = v.updated_at, lease_until = NULL
              FROM v WHERE deliveries.id = v.id",
         );
-        states.build().execute(&mut *tx).await?;
-
-        for o in outcomes {
-            let job = &o.job;
-            match &o.step {
-                Step::Retry(at) => {
-                    // Whole seconds, rounded up: apalis stores run_at in seconds, and rounding
-                    // down would run a retry before its scheduled delay.
-                    let secs = (at.timestamp_millis() + 999).div_euclid(1000);
-                    enqueue::push_job(&mut Conn::from(&mut *tx), job.next(), secs).await?;
-                }
-                Step::Pause => {
-                    let endpoint: String =
-                        sqlx::query_scalar("SELECT endpoint FROM deliveries WHERE id = $1")
-                            .bind(&job.delivery_id)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    sqlx::query(
-                        "INSERT INTO paused_endpoints (endpoint, paused_at, reason) VALUES ($1, $2, $3)
-                         ON CONFLICT (endpoint) DO NOTHING",
-                    )
-                    .bind(&endpoint)
-                    .bind(o.now_ms)
-                    .bind("410 Gone")
-                    .execute(&mut *tx)
-                    .await?;
-                    tracing::warn!(endpoint = %endpoint, "Endpoint answered 410 Gone; paused until resumed.");
-                }
-                Step::Dead(reason) => {
-                    tracing::warn!(delivery = %job.delivery_id, reason = %reason, "Delivery dead-lettered.");
-                }
-                Step::Delivered => {}
-            }
-        }
-        tx.commit().await?;
     });
-    Ok(())
+    true
+}
+
+/// Marks the queued jobs of handed-off attempts done, as apalis marks those it ran, so it
+/// does not run them when they come due. Only pending ones: a job apalis already fetched
+/// (the attempt outlived the grace) is acknowledged by apalis.
+fn push_handed_off_done(qb: &mut Builder, outcomes: &[&Outcome]) -> bool {
+    let keys: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.origin == Origin::Handoff)
+        .map(|o| o.job.idempotency_key())
+        .collect();
+    if keys.is_empty() {
+        return false;
+    }
+    match qb {
+        Db::Sqlite(qb) => {
+            qb.push(
+                "UPDATE Jobs SET status = 'Done', done_at = strftime('%s', 'now'),
+                    last_result = '{\"Ok\":\"handed off\"}'
+                 WHERE job_type = ",
+            );
+            qb.push_bind(QUEUE);
+            qb.push(" AND status = 'Pending' AND idempotency_key IN (");
+            let mut list = qb.separated(", ");
+            for key in keys {
+                list.push_bind(key);
+            }
+            qb.push(")");
+        }
+        Db::Postgres(qb) => {
+            qb.push(
+                "UPDATE apalis.jobs SET status = 'Done', done_at = now(),
+                    last_result = '{\"Ok\":\"handed off\"}'::jsonb
+                 WHERE job_type = ",
+            );
+            qb.push_bind(QUEUE);
+            qb.push(" AND status = 'Pending' AND idempotency_key = ANY(");
+            qb.push_bind(keys);
+            qb.push(")");
+        }
+    }
+    true
+}
+
+/// The next attempt's job of each retry, due at its time: whole seconds, rounded up (apalis
+/// stores `run_at` in seconds, and rounding down would run a retry before its delay).
+fn push_retries(qb: &mut Builder, outcomes: &[&Outcome]) -> bool {
+    let jobs: Vec<(DeliveryJob, i64, String)> = outcomes
+        .iter()
+        .filter_map(|o| match &o.step {
+            Step::Retry(at) => {
+                let next = o.job.next();
+                let key = next.idempotency_key();
+                Some((next, (at.timestamp_millis() + 999).div_euclid(1000), key))
+            }
+            _ => None,
+        })
+        .collect();
+    if jobs.is_empty() {
+        return false;
+    }
+    enqueue::push_keyed(qb, &jobs, crate::store::Guard::ParentExists);
+    true
+}
+
+/// The endpoints that answered 410, paused until an operator resumes them.
+fn push_pauses(qb: &mut Builder, outcomes: &[&Outcome]) -> bool {
+    let paused: Vec<&&Outcome> = outcomes
+        .iter()
+        .filter(|o| matches!(o.step, Step::Pause))
+        .collect();
+    if paused.is_empty() {
+        return false;
+    }
+    crate::db!(qb, qb => {
+        qb.push("WITH v (id, at) AS (VALUES ");
+        let mut rows = qb.separated(", ");
+        for o in paused {
+            rows.push("(CAST(")
+                .push_bind_unseparated(o.job.delivery_id.clone())
+                .push_unseparated(" AS TEXT), CAST(")
+                .push_bind_unseparated(o.now_ms)
+                .push_unseparated(" AS BIGINT))");
+        }
+        qb.push(
+            ") INSERT INTO paused_endpoints (endpoint, paused_at, reason)
+             SELECT d.endpoint, MIN(v.at), '410 Gone' FROM v JOIN deliveries d ON d.id = v.id
+             GROUP BY d.endpoint
+             ON CONFLICT (endpoint) DO NOTHING",
+        );
+    });
+    true
 }
 
 /// The template values of the conversion row, with the status this delivery announces.

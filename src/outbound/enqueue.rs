@@ -81,15 +81,16 @@ pub fn push_deliveries(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64, guar
     })
 }
 
-/// Appends the insert of the first-attempt jobs of `rows` (no terminator); `guard` is on
-/// each job's delivery.
-pub fn push_first_jobs(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64, guard: Guard) {
+/// Appends the insert of the first-attempt jobs of `rows` (no terminator), each due at its
+/// `run_at` (unix seconds, one per row); `guard` is on each job's delivery.
+pub fn push_first_jobs(qb: &mut Builder, rows: &[NewDelivery], run_at: &[i64], guard: Guard) {
     let jobs: Vec<(DeliveryJob, i64, String)> = rows
         .iter()
-        .map(|d| {
+        .zip(run_at)
+        .map(|(d, &at)| {
             let job = DeliveryJob::first(&d.id, 1);
             let key = job.idempotency_key();
-            (job, now_ms / 1000, key)
+            (job, at, key)
         })
         .collect();
     push_keyed(qb, &jobs, guard);
@@ -97,7 +98,7 @@ pub fn push_first_jobs(qb: &mut Builder, rows: &[NewDelivery], now_ms: i64, guar
 
 /// Appends one job insert (no terminator) for `jobs` (job, run_at unix seconds, idempotency
 /// key). A job whose key is already queued is skipped.
-fn push_keyed(qb: &mut Builder, jobs: &[(DeliveryJob, i64, String)], guard: Guard) {
+pub fn push_keyed(qb: &mut Builder, jobs: &[(DeliveryJob, i64, String)], guard: Guard) {
     match qb {
         Db::Sqlite(qb) => {
             qb.push(
@@ -187,7 +188,7 @@ pub fn push_deliveries_unnest(
 pub fn push_first_jobs_unnest(
     qb: &mut sqlx::QueryBuilder<sqlx::Postgres>,
     rows: &[NewDelivery],
-    now_ms: i64,
+    run_at: &[i64],
     cte: &str,
 ) {
     let jobs: Vec<DeliveryJob> = rows.iter().map(|d| DeliveryJob::first(&d.id, 1)).collect();
@@ -199,9 +200,7 @@ pub fn push_first_jobs_unnest(
     qb.push_bind(QUEUE);
     qb.push(", 'Pending', 0, ");
     qb.push_bind(INFRA_ATTEMPTS as i32);
-    qb.push(", to_timestamp(");
-    qb.push_bind(now_ms / 1000);
-    qb.push("), 0, ''::hstore, v.key FROM UNNEST(");
+    qb.push(", to_timestamp(v.run_at), 0, ''::hstore, v.key FROM UNNEST(");
     let mut list = qb.separated(", ");
     list.push_bind(jobs.iter().map(DeliveryJob::encode).collect::<Vec<_>>())
         .push_unseparated("::bytea[]");
@@ -223,7 +222,8 @@ pub fn push_first_jobs_unnest(
             .collect::<Vec<_>>(),
     )
     .push_unseparated("::text[]");
-    qb.push(") AS v(job, id, key, delivery_id)")
+    list.push_bind(run_at.to_vec()).push_unseparated("::int8[]");
+    qb.push(") AS v(job, id, key, delivery_id, run_at)")
         .push(" WHERE v.delivery_id IN (SELECT id FROM ")
         .push(cte)
         .push(") ON CONFLICT (job_type, idempotency_key) DO NOTHING");
@@ -240,7 +240,12 @@ pub async fn insert(
         push_deliveries(&mut qb, chunk, now_ms, Guard::All);
         conn.execute(qb).await?;
         let mut qb = conn.builder();
-        push_first_jobs(&mut qb, chunk, now_ms, Guard::All);
+        push_first_jobs(
+            &mut qb,
+            chunk,
+            &vec![now_ms / 1000; chunk.len()],
+            Guard::All,
+        );
         conn.execute(qb).await?;
     }
     Ok(())

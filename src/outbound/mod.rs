@@ -8,6 +8,7 @@
 
 pub mod endpoint;
 pub mod enqueue;
+pub mod handoff;
 pub mod job;
 pub mod schedule;
 pub mod signing;
@@ -17,6 +18,7 @@ pub use endpoint::{
     AffiliatePostbacks, Endpoint, EndpointError, HttpMethod, Method, OutboundRequest, PostbackRule,
 };
 pub use enqueue::NewDelivery;
+pub use handoff::{Handoff, Reservation};
 pub use job::{DeliveryJob, QUEUE};
 pub use schedule::{
     AttemptOutcome, DeadLetterReason, NextStep, RetryReason, RetrySchedule, ScheduleError, Verdict,

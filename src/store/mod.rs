@@ -116,6 +116,8 @@ pub enum StoreError {
     Keys(#[from] crate::domain::click_id::KeyRingError),
     #[error("the writer has stopped")]
     WriterGone,
+    #[error("the writer could not commit this (it logged why)")]
+    NotCommitted,
     #[error("unsupported database URL {0:?}: use sqlite:<path> or postgres://…")]
     Url(String),
 }

@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, SqliteConnection};
 
-use super::{Db, Opened, StoreError};
+use super::{Builder, Db, Opened, StoreError};
 
 fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
@@ -117,6 +117,28 @@ pub async fn delivery_pool(url: &str, max_connections: u32) -> Result<SqlitePool
 
 /// Copies committed WAL frames into the database file every `every`, off the writer's path.
 /// PASSIVE never blocks the writer or readers; it does what it can and tries again.
+/// Runs the statements `push` appends (each terminated by `;`) as one `BEGIN IMMEDIATE …
+/// COMMIT` multi-statement query: one hop to the connection's thread. On failure whatever ran
+/// is rolled back.
+pub async fn commit_statements(
+    conn: &mut SqliteConnection,
+    push: impl FnOnce(&mut Builder),
+) -> Result<(), StoreError> {
+    let mut qb: Builder = Db::Sqlite(sqlx::QueryBuilder::new("BEGIN IMMEDIATE;\n"));
+    push(&mut qb);
+    let Db::Sqlite(mut qb) = qb else {
+        return Err(StoreError::Corrupt(
+            "query built for the other backend".into(),
+        ));
+    };
+    qb.push("COMMIT;");
+    if let Err(error) = qb.build().persistent(false).execute(&mut *conn).await {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        return Err(error.into());
+    }
+    Ok(())
+}
+
 pub async fn checkpoint_loop(mut conn: SqliteConnection, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

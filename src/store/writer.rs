@@ -26,7 +26,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::{Builder, Conn, Db, Guard, StoreError};
 use crate::attribution::{Decision, apply};
 use crate::domain::Receipt;
-use crate::outbound::enqueue;
+use crate::outbound::{DeliveryJob, Handoff, Reservation, enqueue};
 use crate::telemetry;
 
 /// A recorded click, written after the redirect was answered.
@@ -86,12 +86,21 @@ pub struct Ingest {
 #[error("the write could not be committed")]
 pub struct WriteFailed;
 
+/// Statements another part of postgate has the writer commit with its next batch: they
+/// append complete statements, each terminated by `;`, to a SQLite multi-statement query.
+/// Called again when the batch failed and they are retried in a transaction of their own.
+pub type Statements = Box<dyn Fn(&mut Builder) + Send>;
+
 enum Command {
     Ingest {
         work: Box<Ingest>,
         reply: oneshot::Sender<Result<Vec<Receipt>, WriteFailed>>,
     },
     Click(Box<ClickRow>),
+    Write {
+        statements: Statements,
+        reply: oneshot::Sender<Result<(), WriteFailed>>,
+    },
 }
 
 /// A cheap, cloneable way to hand work to the writer.
@@ -126,6 +135,18 @@ impl WriterHandle {
         rx.await.map_err(|_| WriteFailed)?
     }
 
+    /// Commits `statements` with the next batch (SQLite only: one write connection, one
+    /// fsync for everything that waited); returns after the commit. On PostgreSQL, which
+    /// has no single writer to share, it fails: write on a connection of your own.
+    pub async fn write(&self, statements: Statements) -> Result<(), WriteFailed> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Write { statements, reply })
+            .await
+            .map_err(|_| WriteFailed)?;
+        rx.await.map_err(|_| WriteFailed)?
+    }
+
     /// Queues a click row. Waits only if the queue is full (back-pressure).
     pub async fn record_click(&self, row: ClickRow) -> Result<(), WriteFailed> {
         self.tx
@@ -142,9 +163,13 @@ impl WriterHandle {
 /// Starts the writer: on SQLite one task on its own thread with the only write connection;
 /// on PostgreSQL one task per connection of the writer pool, sharing the queue, each
 /// committing its own batches. They stop when every handle is dropped and the queue is drained.
+///
+/// With a `handoff`, the first attempts of new deliveries go straight to this process's
+/// delivery worker after their commit (see [`crate::outbound::handoff`]).
 pub fn spawn(
     target: Db<SqliteConnection, PgPool>,
     max_batch: usize,
+    handoff: Option<Handoff>,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(max_batch * 64);
     let task = match target {
@@ -160,6 +185,7 @@ pub fn spawn(
                     Target::Sqlite(conn),
                     Arc::new(Mutex::new(rx)),
                     max_batch,
+                    handoff,
                 )),
                 Err(e) => tracing::error!(error = %e, "Writer runtime could not start."),
             })
@@ -174,8 +200,14 @@ pub fn spawn(
             {
                 Ok(runtime) => runtime.block_on(async move {
                     let rx = Arc::new(Mutex::new(rx));
-                    let writers = (0..pool.options().get_max_connections())
-                        .map(|_| run(Target::Postgres(pool.clone()), rx.clone(), max_batch));
+                    let writers = (0..pool.options().get_max_connections()).map(|_| {
+                        run(
+                            Target::Postgres(pool.clone()),
+                            rx.clone(),
+                            max_batch,
+                            handoff.clone(),
+                        )
+                    });
                     futures_util::future::join_all(writers).await;
                 }),
                 Err(e) => tracing::error!(error = %e, "Writer runtime could not start."),
@@ -209,7 +241,7 @@ impl Target {
         let mut bytes = 0;
         for (n, command) in commands.iter().enumerate() {
             bytes += match command {
-                Command::Click(_) => 300,
+                Command::Click(_) | Command::Write { .. } => 300,
                 Command::Ingest { work, .. } => {
                     work.decisions.len() * 800
                         + work.failures.len() * 300
@@ -231,18 +263,27 @@ impl Target {
     /// collided with an earlier one (a duplicate or a status update) were skipped there, with
     /// everything that hangs on them; they, and reversals, then go through
     /// [`apply::apply_batch`] in a second transaction, in arrival order.
+    ///
+    /// The first attempts of deliveries that landed are handed to the worker as soon as
+    /// their commit succeeded, whatever happens to the rest of the batch.
     async fn commit_batch(
         &mut self,
         batch: &Batch<'_>,
         clicks: &[ClickRow],
+        handoff: Option<&Handoff>,
+        writes: &[Statements],
+        writes_committed: &mut bool,
     ) -> Result<Vec<Receipt>, StoreError> {
-        let fast = FastRows::of(batch);
+        let mut fast = FastRows::of(batch, handoff);
         let landed = match self {
-            Target::Sqlite(conn) => sqlite_fast(conn, batch, &fast, clicks).await?,
+            Target::Sqlite(conn) => {
+                sqlite_fast(conn, batch, &fast, clicks, writes, writes_committed).await?
+            }
             Target::Postgres(pool) => {
                 retrying(async || postgres_fast(pool, batch, &fast, clicks).await).await?
             }
         };
+        fast.hand_off(&landed);
         let is_done = |d: &Decision| {
             apply::is_fresh(d)
                 && landed
@@ -274,6 +315,16 @@ impl Target {
             }
         }
         Ok(receipts)
+    }
+
+    /// `statements` in a transaction of their own (SQLite; on PostgreSQL they are refused).
+    async fn write_alone(&mut self, statements: &Statements) -> Result<(), StoreError> {
+        let Target::Sqlite(conn) = self else {
+            return Err(StoreError::Corrupt(
+                "statements for the writer are SQLite's".into(),
+            ));
+        };
+        super::sqlite::commit_statements(conn, |qb| statements(qb)).await
     }
 
     /// One transaction for a batch and clicks, statement by statement.
@@ -336,7 +387,12 @@ async fn postgres_commit(
     Ok(receipts)
 }
 
-async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_batch: usize) {
+async fn run(
+    mut target: Target,
+    rx: Arc<Mutex<mpsc::Receiver<Command>>>,
+    max_batch: usize,
+    handoff: Option<Handoff>,
+) {
     let mut buffer = Vec::with_capacity(max_batch);
     loop {
         if buffer.is_empty() {
@@ -350,6 +406,8 @@ async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_ba
         let mut works = Vec::new();
         let mut replies = Vec::new();
         let mut clicks = Vec::new();
+        let mut writes = Vec::new();
+        let mut write_replies = Vec::new();
         for command in buffer.drain(..take) {
             match command {
                 Command::Ingest { work, reply } => {
@@ -357,13 +415,44 @@ async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_ba
                     replies.push(reply);
                 }
                 Command::Click(row) => clicks.push(*row),
+                Command::Write { statements, reply } => {
+                    writes.push(statements);
+                    write_replies.push(reply);
+                }
             }
         }
+        if matches!(target, Target::Postgres(_)) && !writes.is_empty() {
+            tracing::error!(
+                writes = writes.len(),
+                "Statements sent to the PostgreSQL writer; they are SQLite's and were refused."
+            );
+            for reply in write_replies.drain(..) {
+                let _ = reply.send(Err(WriteFailed));
+            }
+            writes.clear();
+        }
         let batch = Batch::of(&works);
-        let items = batch.decisions.len() + clicks.len();
+        let items = batch.decisions.len() + clicks.len() + writes.len();
         tracing::trace!(items, "Committing batch.");
         let started = std::time::Instant::now();
-        match target.commit_batch(&batch, &clicks).await {
+        let mut writes_committed = false;
+        let committed = target
+            .commit_batch(
+                &batch,
+                &clicks,
+                handoff.as_ref(),
+                &writes,
+                &mut writes_committed,
+            )
+            .await;
+        // Statements that committed are answered so, whatever failed after them.
+        if writes_committed {
+            for reply in write_replies.drain(..) {
+                let _ = reply.send(Ok(()));
+            }
+            writes.clear();
+        }
+        match committed {
             Ok(receipts) => {
                 metrics::histogram!(telemetry::WRITER_COMMIT).record(started.elapsed());
                 metrics::histogram!(telemetry::WRITER_BATCH_ITEMS).record(items as f64);
@@ -378,18 +467,30 @@ async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_ba
             // wait longer before its request goes to the spool.
             Err(error) if error.is_unavailable() => {
                 metrics::counter!(telemetry::WRITER_FAILURES, "kind" => "unavailable").increment(1);
-                tracing::warn!(error = %error_chain(&error), items = works.len() + clicks.len(), "Database unavailable; batch not written.");
+                tracing::warn!(error = %error_chain(&error), items, "Database unavailable; batch not written.");
                 for reply in replies {
                     let _ = reply.send(Err(WriteFailed));
                 }
+                for reply in write_replies {
+                    let _ = reply.send(Err(WriteFailed));
+                }
             }
-            Err(error) if works.len() + clicks.len() > 1 => {
+            Err(error) if works.len() + clicks.len() + writes.len() > 1 => {
                 metrics::counter!(telemetry::WRITER_FAILURES, "kind" => "batch").increment(1);
                 tracing::warn!(
                     error = %error_chain(&error),
-                    items = works.len() + clicks.len(),
+                    items,
                     "Batch failed; retrying its items one transaction each."
                 );
+                for (statements, reply) in writes.iter().zip(write_replies) {
+                    let result = target.write_alone(statements).await;
+                    let _ = reply.send(result.map_err(|error| {
+                        metrics::counter!(telemetry::WRITER_FAILURES, "kind" => "item")
+                            .increment(1);
+                        tracing::error!(error = %error_chain(&error), "Statements could not be written.");
+                        WriteFailed
+                    }));
+                }
                 for (work, reply) in works.iter().zip(replies) {
                     let result = target
                         .commit(&Batch::of(std::slice::from_ref(work)), &[])
@@ -421,6 +522,9 @@ async fn run(mut target: Target, rx: Arc<Mutex<mpsc::Receiver<Command>>>, max_ba
                 for reply in replies {
                     let _ = reply.send(Err(WriteFailed));
                 }
+                for reply in write_replies {
+                    let _ = reply.send(Err(WriteFailed));
+                }
             }
         }
     }
@@ -450,10 +554,14 @@ struct FastRows<'a> {
     fresh: Vec<&'a Decision>,
     postings: Vec<crate::ledger::Posting>,
     deliveries: Vec<crate::outbound::NewDelivery>,
+    /// Per delivery: its place in the handoff queue, if the worker has room for it now.
+    handoffs: Vec<Option<Reservation>>,
+    /// How long after the commit a handed-off delivery's first-attempt job comes due.
+    grace_secs: i64,
 }
 
 impl<'a> FastRows<'a> {
-    fn of(batch: &Batch<'a>) -> Self {
+    fn of(batch: &Batch<'a>, handoff: Option<&Handoff>) -> Self {
         let fresh: Vec<&Decision> = batch
             .decisions
             .iter()
@@ -464,14 +572,56 @@ impl<'a> FastRows<'a> {
             .iter()
             .flat_map(|d| apply::postings_for_new(d))
             .collect();
-        let deliveries = fresh
+        let deliveries: Vec<crate::outbound::NewDelivery> = fresh
             .iter()
             .flat_map(|d| apply::deliveries_for_new(d))
+            .collect();
+        let handoffs: Vec<Option<Reservation>> = deliveries
+            .iter()
+            .map(|_| handoff.and_then(Handoff::reserve))
             .collect();
         FastRows {
             fresh,
             postings,
             deliveries,
+            handoffs,
+            grace_secs: handoff.map_or(0, Handoff::grace_secs),
+        }
+    }
+
+    /// When each delivery's first-attempt job comes due, in unix seconds: now, or after the
+    /// grace for one handed off.
+    fn job_run_at(&self, now_ms: i64) -> Vec<i64> {
+        self.handoffs
+            .iter()
+            .map(|place| now_ms / 1000 + if place.is_some() { self.grace_secs } else { 0 })
+            .collect()
+    }
+
+    /// After the commit: hands each reserved first attempt whose conversion `landed` to the
+    /// worker; the other places are freed.
+    fn hand_off(&mut self, landed: &Landed) {
+        let (mut handed, mut queued) = (0u64, 0u64);
+        for (d, place) in self.deliveries.iter().zip(self.handoffs.drain(..)) {
+            if !landed
+                .as_ref()
+                .is_none_or(|ids| ids.contains(d.conversion_id.as_str()))
+            {
+                continue;
+            }
+            match place {
+                Some(place) => {
+                    place.send(DeliveryJob::first(&d.id, 1));
+                    handed += 1;
+                }
+                None => queued += 1,
+            }
+        }
+        if handed + queued > 0 {
+            metrics::counter!(telemetry::DELIVERY_FIRST_ATTEMPTS, "via" => "handed_off")
+                .increment(handed);
+            metrics::counter!(telemetry::DELIVERY_FIRST_ATTEMPTS, "via" => "queued")
+                .increment(queued);
         }
     }
 }
@@ -484,11 +634,16 @@ type Landed = Option<std::collections::HashSet<String>>;
 /// and deliveries guarded by the existence of their conversion. sqlx runs SQLite on a worker
 /// thread, and on a busy machine every statement's hop to it waits for a time slice; one hop
 /// per batch instead of one per statement is most of the write path's speed.
+///
+/// `writes_committed` is set once the transaction (with `writes`) committed, even if this
+/// then fails: their callers must not be told otherwise, nor their statements run again.
 async fn sqlite_fast(
     conn: &mut SqliteConnection,
     batch: &Batch<'_>,
     fast: &FastRows<'_>,
     clicks: &[ClickRow],
+    writes: &[Statements],
+    writes_committed: &mut bool,
 ) -> Result<Landed, StoreError> {
     let now_ms = Utc::now().timestamp_millis();
     let mut qb: Builder = Db::Sqlite(QueryBuilder::new("BEGIN IMMEDIATE;\n"));
@@ -517,15 +672,23 @@ async fn sqlite_fast(
     }
     // Deliveries and their first jobs, only for conversions that landed: a committed
     // conversion always has its postbacks queued, a skipped one never does.
-    for chunk in fast.deliveries.chunks(enqueue::CHUNK) {
+    let run_at = fast.job_run_at(now_ms);
+    for (chunk, run_at) in fast
+        .deliveries
+        .chunks(enqueue::CHUNK)
+        .zip(run_at.chunks(enqueue::CHUNK))
+    {
         enqueue::push_deliveries(&mut qb, chunk, now_ms, Guard::ParentExists);
         end(&mut qb, ";\n");
-        enqueue::push_first_jobs(&mut qb, chunk, now_ms, Guard::ParentExists);
+        enqueue::push_first_jobs(&mut qb, chunk, run_at, Guard::ParentExists);
         end(&mut qb, ";\n");
     }
     for chunk in clicks.chunks(CLICK_CHUNK) {
         push_clicks(&mut qb, chunk);
         end(&mut qb, ";\n");
+    }
+    for statements in writes {
+        statements(&mut qb);
     }
     end(&mut qb, "COMMIT;");
     let Db::Sqlite(mut qb) = qb else {
@@ -534,16 +697,20 @@ async fn sqlite_fast(
         ));
     };
     let inserted = match qb.build().persistent(false).fetch_all(&mut *conn).await {
-        Ok(rows) => rows
-            .iter()
-            .map(|r| r.try_get::<i64, _>(0))
-            .sum::<Result<i64, _>>()?,
+        Ok(rows) => {
+            *writes_committed = true;
+            rows
+        }
         Err(error) => {
             // Whatever ran of the batch is undone; the caller retries item by item.
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
             return Err(error.into());
         }
     };
+    let inserted = inserted
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .sum::<Result<i64, _>>()?;
     if inserted == fast.fresh.len() as i64 {
         return Ok(None);
     }
@@ -585,7 +752,7 @@ async fn postgres_fast(
         qb.push(",\nd AS (");
         enqueue::push_deliveries_unnest(&mut qb, &fast.deliveries, now_ms, "c");
         qb.push("),\nj AS (");
-        enqueue::push_first_jobs_unnest(&mut qb, &fast.deliveries, now_ms, "d");
+        enqueue::push_first_jobs_unnest(&mut qb, &fast.deliveries, &fast.job_run_at(now_ms), "d");
         qb.push(")");
     }
     if !batch.raws.is_empty() {

@@ -42,7 +42,15 @@ async fn a_delivery_in_flight_when_the_gateway_is_killed_is_sent_again_after_res
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("postgate.toml");
-    crate::support::write_config(&config, CONFIG);
+    // The attempt in flight was handed to the worker by the writer; after the crash its
+    // queued job runs when due, 2 s after the conversion.
+    crate::support::write_config(
+        &config,
+        &CONFIG.replace(
+            "poll_interval_ms = 50",
+            "poll_interval_ms = 50\nhandoff_grace_ms = 2000",
+        ),
+    );
     let db = dir.path().join("crash.db");
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -283,6 +283,15 @@ pub async fn spawn_app(receiver: &Receiver) -> TestApp {
     spawn_with(dir, settings).await
 }
 
+/// Like [`spawn_app`] with the handoff of first attempts off: every attempt goes through
+/// apalis' polling.
+pub async fn spawn_app_without_handoff(receiver: &Receiver) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = settings_for(&dir.path().join("postgate.db"), receiver);
+    settings.outbound.handoff_grace = None;
+    spawn_with(dir, settings).await
+}
+
 /// Like [`spawn_app`] with attempt offsets `secs` (jitter-free). apalis schedules in whole
 /// seconds and a loaded machine runs attempts late, so a test that needs an exact attempt
 /// count gives the schedule a late horizon.

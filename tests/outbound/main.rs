@@ -4,6 +4,7 @@
 mod crash;
 mod delivery_client;
 mod gateway;
+mod handoff;
 mod harness;
 mod multi;
 mod outage;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Receiver, TestApp, spawn_app};
+use crate::harness::{Receiver, TestApp, spawn_app_without_handoff};
 use crate::support::Outage;
 
 async fn worker_state(app: &TestApp) -> Value {
@@ -25,7 +25,8 @@ async fn worker_state(app: &TestApp) -> Value {
 #[tokio::test]
 async fn the_delivery_worker_is_started_again_after_the_database_was_unreachable() {
     let receiver = Receiver::start().await;
-    let app = spawn_app(&receiver).await;
+    // Without the handoff: the delivery after the outage must come through apalis.
+    let app = spawn_app_without_handoff(&receiver).await;
     let click = app.click("plain").await;
     let before = worker_state(&app).await;
     assert_eq!(before["running"], true, "{before}");

@@ -74,7 +74,8 @@ pub async fn run(dir: &Path, database_url: &str) {
     let schedule: Vec<String> = (0..=600).map(|s| s.to_string()).collect();
     let tail = format!(
         "[outbound]\nallow_networks = [\"127.0.0.1/32\"]\nschedule_seconds = [{}]\n\
-         jitter = 0.0\npoll_interval_ms = 50\nconcurrency = 64\nper_endpoint_concurrency = 8\n",
+         jitter = 0.0\npoll_interval_ms = 50\nconcurrency = 64\nper_endpoint_concurrency = 8\n\
+         handoff_grace_ms = 2000\n",
         schedule.join(", ")
     );
     let mut gateway = Gateway::start(

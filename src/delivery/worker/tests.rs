@@ -127,10 +127,21 @@ impl Rig {
     /// A fresh, migrated database and a worker context for one signed POST endpoint
     /// with the standard schedule and production timeouts.
     async fn new() -> Self {
+        Self::build(false).await
+    }
+
+    /// Like [`Rig::new`], with outcomes committed by a group-commit writer on the database's
+    /// write connection, as the gateway runs on SQLite.
+    async fn with_writer() -> Self {
+        Self::build(true).await
+    }
+
+    async fn build(with_writer: bool) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let url = format!("sqlite://{}", dir.path().join("postgate.db").display());
-        drop(crate::store::open(&url, 1).await.expect("database"));
-        let pool = crate::store::delivery_pool(&url, 2)
+        let opened = crate::store::open(&url, 1).await.expect("database");
+        let writer = with_writer.then(|| crate::store::writer::spawn(opened.writer, 64, None).0);
+        let pool = crate::store::delivery_pool(&url, 4)
             .await
             .expect("delivery pool");
         let endpoint = Endpoint::post(
@@ -161,9 +172,10 @@ impl Rig {
             total_timeout: TOTAL_TIMEOUT,
             poll_interval: Duration::from_millis(200),
             worker: true,
+            handoff_grace: None,
         };
         let clock = Arc::new(ManualClock(Mutex::new(t0())));
-        let ctx = DeliveryContext::new(pool.clone(), &settings)
+        let ctx = DeliveryContext::new(pool.clone(), &settings, writer)
             .expect("context")
             .with_clock(clock.clone());
         let Db::Sqlite(pool) = pool else {
@@ -301,7 +313,9 @@ impl Rig {
         // Time only moves forward: a job that is already due runs now (late).
         self.clock.set(run_at.max(self.clock.now()));
         let send = async |req: &OutboundRequest| self.answer(req, reply);
-        attempt(&job, &self.ctx, send).await.expect("attempt");
+        attempt(&job, &self.ctx, Origin::Queue, send)
+            .await
+            .expect("attempt");
         true
     }
 
@@ -709,7 +723,15 @@ async fn finished_jobs_are_pruned_in_chunks_and_nothing_else_goes() {
 
 #[tokio::test]
 async fn outcomes_recorded_together_each_get_their_own_answer() {
-    let rig = Rig::new().await;
+    each_outcome_gets_its_own_answer(Rig::new().await).await;
+}
+
+#[tokio::test]
+async fn outcomes_committed_by_the_writer_each_get_their_own_answer() {
+    each_outcome_gets_its_own_answer(Rig::with_writer().await).await;
+}
+
+async fn each_outcome_gets_its_own_answer(rig: Rig) {
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(rig.new_delivery().await.id);
@@ -719,6 +741,7 @@ async fn outcomes_recorded_together_each_get_their_own_answer() {
     ids.insert(2, "no-such-delivery".to_owned());
     let outcome = |id: &str| Outcome {
         job: DeliveryJob::first(id, 1),
+        origin: Origin::Queue,
         started_ms: 1_000,
         now_ms: 2_000,
         url: "https://down.example/hooks".to_owned(),
@@ -744,4 +767,54 @@ async fn outcomes_recorded_together_each_get_their_own_answer() {
         .await
         .expect("count");
     assert_eq!(attempts, 5);
+}
+
+/// A job of an attempt this process already has in flight: apalis acknowledges it when the
+/// handler returns, so it leaves a copy that looks again later — if the copy in flight was
+/// handed off and failed to record, nothing else would send the attempt. A handed-off copy
+/// meeting an apalis one in flight leaves nothing (apalis re-runs its own on failure).
+#[tokio::test]
+async fn a_queued_copy_of_an_attempt_in_flight_looks_again_later_a_handed_off_one_does_not() {
+    let rig = Rig::new().await;
+    let delivery = rig.new_delivery().await;
+    let job = DeliveryJob::first(&delivery.id, 1);
+    let copies = |rig: &Rig| {
+        let key = format!("{}:w%", job.idempotency_key());
+        let pool = rig.pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64,)>(
+                "SELECT run_at FROM Jobs WHERE job_type = $1 AND idempotency_key LIKE $2",
+            )
+            .bind(QUEUE)
+            .bind(key)
+            .fetch_all(&pool)
+            .await
+            .expect("jobs")
+        }
+    };
+    let in_flight = rig
+        .ctx
+        .attempts
+        .try_acquire(job.idempotency_key())
+        .expect("the slot is free");
+    let never = async |_: &OutboundRequest| -> AttemptRecord { unreachable!("nothing is sent") };
+
+    attempt(&job, &rig.ctx, Origin::Handoff, never)
+        .await
+        .expect("handed-off copy");
+    assert!(
+        copies(&rig).await.is_empty(),
+        "a handed-off copy leaves nothing"
+    );
+
+    attempt(&job, &rig.ctx, Origin::Queue, never)
+        .await
+        .expect("queued copy");
+    let now = rig.clock.now().timestamp();
+    assert_eq!(
+        copies(&rig).await,
+        [(now + IN_FLIGHT_DELAY_SECS,)],
+        "one copy, due a little later"
+    );
+    drop(in_flight);
 }
