@@ -1,5 +1,5 @@
-//! Outbound delivery benchmark: `cargo bench --bench deliveries -- [conversions] [concurrency]`
-//! (`concurrency` = postbacks in flight; env `WORKER_CONCURRENCY` = the worker's, default 128 like `outbound.concurrency`).
+//! Outbound delivery benchmark: `cargo bench --bench deliveries -- [conversions] [concurrency] [backlog|end-to-end]`
+//! (`concurrency` = postbacks in flight; env `WORKER_CONCURRENCY` = the worker's, default 256 like `outbound.concurrency`).
 //!
 //! Runs the real gateway in this process on a fresh database with one affiliate whose
 //! postback points at a local sink (an axum handler answering 200 and counting), then:
@@ -65,7 +65,7 @@ fn settings(db: &Path, sink: &str, worker: bool) -> Settings {
     let worker_concurrency: usize = std::env::var("WORKER_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(128);
+        .unwrap_or(256);
     let db = db.display().to_string();
     let sink = sink.to_owned();
     let mut s = Settings::from_toml(Path::new("bench.toml"), CONFIG, &move |n| match n {
@@ -111,25 +111,39 @@ async fn start(
     (address, stop, task)
 }
 
-async fn send_postbacks(address: &str, n: u64, concurrency: usize) {
+/// The URLs of `n` postbacks to the gateway at `address`, each for a click of its own.
+fn postback_urls(address: &str, n: u64) -> Vec<reqwest::Url> {
     use base64::Engine as _;
     let key = base64::engine::general_purpose::STANDARD
         .decode("YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktMDE=")
         .expect("key");
     let ring = postgate::domain::ClickKeyRing::new(1, [(1, key)]).expect("ring");
-    let client = reqwest::Client::new();
-    let url = format!("{address}/postback");
-    futures_util::stream::iter(0..n)
+    // Every postback's URL is built before the clock starts: minting click IDs (an HMAC each)
+    // is the load generator's work, not the gateway's, and it shares the gateway's 2 cores.
+    let clicked = chrono::Utc::now() - chrono::TimeDelta::seconds(10);
+    let urls: Vec<reqwest::Url> = (0..n)
         .map(|i| {
-            let click = ring
-                .issue(1, 1, chrono::Utc::now() - chrono::TimeDelta::seconds(10))
-                .expect("click");
-            let req = client.get(&url).query(&[
-                ("token", "bench-advertiser-token"),
-                ("click_id", click.as_str()),
-                ("transaction_id", &format!("T{i}")),
-                ("goal", "sale"),
-            ]);
+            let click = ring.issue(1, 1, clicked).expect("click");
+            reqwest::Url::parse_with_params(
+                &format!("{address}/postback"),
+                &[
+                    ("token", "bench-advertiser-token"),
+                    ("click_id", click.as_str()),
+                    ("transaction_id", &format!("T{i}")),
+                    ("goal", "sale"),
+                ],
+            )
+            .expect("url")
+        })
+        .collect();
+    urls
+}
+
+/// Sends every postback of `urls`, `concurrency` in flight.
+async fn send_postbacks(client: &reqwest::Client, urls: Vec<reqwest::Url>, concurrency: usize) {
+    futures_util::stream::iter(urls)
+        .map(|url| {
+            let req = client.get(url);
             async move {
                 let resp = req.send().await.expect("postback");
                 assert!(resp.status().is_success(), "{}", resp.status());
@@ -158,8 +172,12 @@ fn main() {
         .collect();
     let n: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let concurrency: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
+    // Both scenarios unless one is named (for profiling one of them).
+    let only = args.get(2).cloned();
+    let run = move |scenario: &str| only.as_deref().is_none_or(|o| o == scenario);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
+        let client = reqwest::Client::new();
         let count = Arc::new(AtomicU64::new(0));
         let counter = count.clone();
         let sink = axum::Router::new().route(
@@ -179,11 +197,13 @@ fn main() {
         });
 
         // Backlog: queue with the worker off, then drain.
+        if run("backlog") {
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("postgate.db");
         let (address, stop, task) = start(&settings(&db, &sink_url, false)).await;
+        let urls = postback_urls(&address, n);
         let t = Instant::now();
-        send_postbacks(&address, n, concurrency).await;
+        send_postbacks(&client, urls, concurrency).await;
         let queued = t.elapsed().as_secs_f64();
         let _ = stop.send(());
         let _ = task.await;
@@ -201,14 +221,19 @@ fn main() {
             n as f64 / drained,
             rss.iter().map(|r| r.round()).collect::<Vec<_>>()
         );
+        }
 
         // End to end: postback in → affiliate receives.
+        if !run("end-to-end") {
+            return;
+        }
         count.store(0, Ordering::Relaxed);
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("postgate.db");
         let (address, stop, task) = start(&settings(&db, &sink_url, true)).await;
+        let urls = postback_urls(&address, n);
         let t = Instant::now();
-        send_postbacks(&address, n, concurrency).await;
+        send_postbacks(&client, urls, concurrency).await;
         let sent = t.elapsed().as_secs_f64();
         let mut rss = Vec::new();
         wait_for(&count, n, &mut rss).await;
