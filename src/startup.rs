@@ -80,8 +80,10 @@ impl Application {
         let (handoff, handoffs) = match (settings.outbound.worker, settings.outbound.handoff_grace)
         {
             (true, Some(grace)) => {
-                let (handoff, rx) =
-                    crate::outbound::Handoff::channel(2 * settings.outbound.concurrency, grace);
+                let (handoff, rx) = crate::outbound::Handoff::channel(
+                    crate::outbound::handoff::QUEUE_PER_SLOT * settings.outbound.concurrency,
+                    grace,
+                );
                 (Some(handoff), Some(rx))
             }
             _ => (None, None),

@@ -25,6 +25,14 @@ use tokio::sync::mpsc;
 
 use super::DeliveryJob;
 
+/// Places in the queue per `outbound.concurrency` slot. While postbacks arrive faster than
+/// the worker sends (a burst), first attempts wait here instead of spilling to apalis' slower
+/// poll, lock and acknowledge path: with 2 per slot, 256 postbacks in flight moved 6.5k
+/// deliveries/s end to end, with 16 per slot 7.3-7.4k. A place costs a [`DeliveryJob`]
+/// (two short strings); at 256 slots the queue holds 4 096, a fraction of a second's work,
+/// far inside the grace period.
+pub const QUEUE_PER_SLOT: usize = 16;
+
 /// The sending side, held by the writer.
 #[derive(Clone)]
 pub struct Handoff {
