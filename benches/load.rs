@@ -9,7 +9,7 @@
 //! * `bare-tx`  — the same insert with one transaction (one fsync) per request;
 //! * `click`    — postgate `GET /c/{offer}` → 302 with a signed click ID;
 //! * `postback` — postgate `GET /postback`, each one a new accepted, ledgered conversion;
-//! * `shopify`  — postgate `POST /hooks/shopify`: a real orders/paid payload (~6 KB), HMAC-signed,
+//! * `shopify`  — postgate `POST /hooks/shopify`: a real orders/paid payload (~15 KB), HMAC-signed,
 //!   verified, mapped, attributed, ledgered and stored raw, each a new conversion.
 //!
 //! With `--postgres URL` (a server; fresh databases are created on it), also:

@@ -4,7 +4,7 @@
 //! locators and split, and every mapping of the connector). Output: a [`Prune`] whose
 //! [`Prune::parse`] returns a `Value` holding every subtree those paths can select, and
 //! nothing else. Building and dropping a full `Value` was about a third of the server's CPU
-//! on 6 KB Shopify orders (docs/PERFORMANCE.md); skipped members are only scanned
+//! on 15 KB Shopify orders (docs/PERFORMANCE.md); skipped members are only scanned
 //! (`IgnoredAny` allocates nothing) and kept ones built in the same pass, and syntax errors anywhere are still errors.
 //!
 //! Only a leading chain of member names (`$.a.b`, `$['a']`) narrows the tree; at the first
