@@ -10,8 +10,15 @@
 //! * `end-to-end` — with the worker on, sends `conversions` postbacks (`concurrency` in
 //!   flight) and measures from the first postback until the sink has received them all.
 //!
-//! Every delivery is one apalis task: fetch+lock, HTTP GET, one transaction (attempt row,
-//! delivery state) with `synchronous=FULL`, ack.
+//! Each line ends with what the sink saw besides one request per postback: duplicates (a
+//! postback received again, counted until 1 s after the last one arrived) and strays
+//! (requests that named no postback of the run). Every postback arriving is what the clock
+//! waits for, so a lost one shows as a run that never ends.
+//!
+//! In `end-to-end` first attempts are handed from the writer to the worker in memory (their
+//! apalis jobs wait out `outbound.handoff_grace_ms`); in `backlog` the gateway that queued
+//! them is gone, so each delivery is an apalis job: fetch+lock, HTTP GET, the outcome in the
+//! writer's next batch (`synchronous=FULL`), ack.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -154,9 +161,69 @@ async fn send_postbacks(client: &reqwest::Client, urls: Vec<reqwest::Url>, concu
         .await;
 }
 
-async fn wait_for(count: &AtomicU64, n: u64, rss: &mut Vec<f64>) {
+/// How long the sink keeps counting after the last postback arrived, for late duplicates.
+const LATE: Duration = Duration::from_secs(1);
+
+/// What the sink received: which postbacks (by the `T<i>` transaction id each carries), how
+/// many of them more than once, and requests that named no postback of this run.
+struct Tally {
+    seen: Vec<AtomicU64>,
+    distinct: AtomicU64,
+    duplicates: AtomicU64,
+    strays: AtomicU64,
+}
+
+impl Tally {
+    fn new(n: u64) -> Self {
+        Tally {
+            seen: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            distinct: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            strays: AtomicU64::new(0),
+        }
+    }
+
+    /// One request to the sink, its query string as sent (`…&txid=T<i>`).
+    fn record(&self, query: Option<&str>) {
+        let i = query
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("txid=T")))
+            .and_then(|i| i.parse::<usize>().ok());
+        let Some(word) = i.and_then(|i| self.seen.get(i / 64).map(|w| (w, 1u64 << (i % 64))))
+        else {
+            self.strays.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let (word, bit) = word;
+        if word.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            self.distinct.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn reset(&self) {
+        for w in &self.seen {
+            w.store(0, Ordering::Relaxed);
+        }
+        self.distinct.store(0, Ordering::Relaxed);
+        self.duplicates.store(0, Ordering::Relaxed);
+        self.strays.store(0, Ordering::Relaxed);
+    }
+
+    /// Duplicates and strays so far, for the report.
+    fn extra(&self) -> String {
+        format!(
+            "duplicates {}, strays {}",
+            self.duplicates.load(Ordering::Relaxed),
+            self.strays.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// Waits until every postback has reached the sink at least once.
+async fn wait_for(tally: &Tally, n: u64, rss: &mut Vec<f64>) {
     let mut last = Instant::now();
-    while count.load(Ordering::Relaxed) < n {
+    while tally.distinct.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if last.elapsed() >= Duration::from_secs(1) {
             rss.push(rss_mib());
@@ -178,14 +245,14 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
         let client = reqwest::Client::new();
-        let count = Arc::new(AtomicU64::new(0));
-        let counter = count.clone();
+        let tally = Arc::new(Tally::new(n));
+        let sink_tally = tally.clone();
         let sink = axum::Router::new().route(
             "/pb",
-            axum::routing::get(move || {
-                let c = counter.clone();
+            axum::routing::get(move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
+                let t = sink_tally.clone();
                 async move {
-                    c.fetch_add(1, Ordering::Relaxed);
+                    t.record(query.as_deref());
                     "ok"
                 }
             }),
@@ -211,15 +278,17 @@ fn main() {
         let mut rss = Vec::new();
         let t = Instant::now();
         let (_address, stop, task) = start(&settings(&db, &sink_url, true)).await;
-        wait_for(&count, n, &mut rss).await;
+        wait_for(&tally, n, &mut rss).await;
         let drained = t.elapsed().as_secs_f64();
+        tokio::time::sleep(LATE).await;
         let _ = stop.send(());
         let _ = task.await;
         println!(
-            "backlog     {n} postbacks queued in {queued:.1} s ({:.0}/s); drained {:.0} deliveries/s; RSS MiB start {rss_before:.0}, samples {:?}",
+            "backlog     {n} postbacks queued in {queued:.1} s ({:.0}/s); drained {:.0} deliveries/s; RSS MiB start {rss_before:.0}, samples {:?}; {}",
             n as f64 / queued,
             n as f64 / drained,
-            rss.iter().map(|r| r.round()).collect::<Vec<_>>()
+            rss.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            tally.extra()
         );
         }
 
@@ -227,7 +296,7 @@ fn main() {
         if !run("end-to-end") {
             return;
         }
-        count.store(0, Ordering::Relaxed);
+        tally.reset();
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("postgate.db");
         let (address, stop, task) = start(&settings(&db, &sink_url, true)).await;
@@ -236,13 +305,15 @@ fn main() {
         send_postbacks(&client, urls, concurrency).await;
         let sent = t.elapsed().as_secs_f64();
         let mut rss = Vec::new();
-        wait_for(&count, n, &mut rss).await;
+        wait_for(&tally, n, &mut rss).await;
         let total = t.elapsed().as_secs_f64();
+        tokio::time::sleep(LATE).await;
         let _ = stop.send(());
         let _ = task.await;
         println!(
-            "end-to-end  {n} postbacks in {sent:.1} s; all delivered after {total:.1} s = {:.0} deliveries/s",
-            n as f64 / total
+            "end-to-end  {n} postbacks in {sent:.1} s; all delivered after {total:.1} s = {:.0} deliveries/s; {}",
+            n as f64 / total,
+            tally.extra()
         );
     });
 }
