@@ -1120,15 +1120,17 @@ fn compile_postback(id: &str, p: RawPostback) -> Result<crate::outbound::Postbac
             Endpoint::get(id, &p.url, p.allow_http)
         }
         "post" => {
-            let signing = if p.secrets.is_empty() {
-                None
-            } else {
-                Some(
-                    SigningKeys::parse(p.secrets.iter().map(String::as_str))
-                        .map_err(|e| e.to_string())?,
-                )
-            };
-            Endpoint::post(id, &p.url, p.body.as_deref(), signing, p.allow_http)
+            // POST postbacks are signed per Standard Webhooks, so the receiver can tell
+            // them from forgeries: an endpoint without a key is a mistake, not a choice.
+            if p.secrets.is_empty() {
+                return Err(
+                    "method = \"post\" needs secrets = [\"whsec_…\"] (POST postbacks are signed per Standard Webhooks)"
+                        .into(),
+                );
+            }
+            let signing = SigningKeys::parse(p.secrets.iter().map(String::as_str))
+                .map_err(|e| e.to_string())?;
+            Endpoint::post(id, &p.url, p.body.as_deref(), Some(signing), p.allow_http)
         }
         other => return Err(format!("method {other:?}: one of get, post")),
     }
@@ -1346,6 +1348,13 @@ statuses = ["approved"]
             (
                 base.replace("[\"approved\"]", "[\"paid\"]"),
                 "offers[0].postbacks[0]",
+            ),
+            (
+                base.replace(
+                    "postback_url = \"${PB:-https://aff.example/pb?c={click_id}&p={payout}}\"",
+                    "[affiliates.postback]\nmethod = \"post\"\nurl = \"https://aff.example/hook\"",
+                ),
+                "needs secrets",
             ),
         ] {
             let err = Settings::from_toml(Path::new("p.toml"), &bad, &|_| None)

@@ -222,7 +222,7 @@ impl DeliveryClient {
             Ok(r) => r,
             Err(e) => {
                 rec.outcome = transport_outcome(&e);
-                rec.error = Some(error_chain(&e));
+                rec.error = Some(error_chain(&e.without_url()));
                 return;
             }
         };
@@ -250,7 +250,7 @@ impl DeliveryClient {
                 Ok(None) => return,
                 Err(e) => {
                     // The status already arrived; a broken body does not change the verdict.
-                    rec.error = Some(error_chain(&e));
+                    rec.error = Some(error_chain(&e.without_url()));
                     return;
                 }
             }

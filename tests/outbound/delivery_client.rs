@@ -297,6 +297,28 @@ async fn a_closed_port_is_a_connect_error() {
 }
 
 #[tokio::test]
+async fn a_failed_attempt_logs_neither_the_url_nor_its_secret_in_the_error() {
+    let port = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    // reqwest's errors end in "for url (…)": the full URL, token included.
+    let r = send(
+        &client(&["127.0.0.1/32"]),
+        &format!("http://127.0.0.1:{port}/pb?api_token=s3cr3t-value&c=1"),
+    )
+    .await;
+    assert_eq!(r.outcome, AttemptOutcome::Connect, "{r:?}");
+    let error = r.error.as_deref().expect("an error is recorded");
+    assert!(!error.is_empty());
+    assert!(!error.contains("s3cr3t"), "secret in the error: {error}");
+    assert!(!error.contains("/pb"), "URL in the error: {error}");
+    assert!(!r.url.contains("s3cr3t"), "{}", r.url);
+}
+
+#[tokio::test]
 async fn a_signed_post_arrives_with_headers_the_receiver_can_verify() {
     let (addr, rec) = spawn_receiver().await;
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
