@@ -1250,6 +1250,55 @@ mod tests {
         assert_eq!(settings.offers[0].min_lag_seconds, 1);
         assert_eq!(settings.offers[0].window_seconds, 30 * 86_400);
         assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
+
+        // The demo affiliate's postback: the default URL, or the environment's.
+        let values = crate::outbound::PostbackValues {
+            click_id: Some("c 1".into()),
+            transaction_id: "T-1".into(),
+            payout: "12.50".into(),
+            currency: "EUR".into(),
+            ..Default::default()
+        };
+        let url = |settings: &Settings| {
+            let rule = settings.outbound.postbacks["demo"]
+                .global
+                .as_ref()
+                .expect("a global postback");
+            rule.endpoint
+                .build_request("d-1", &values, 1_700_000_000)
+                .expect("renders")
+                .url
+                .to_string()
+        };
+        assert_eq!(
+            url(&settings),
+            "https://affiliate.example/pb?click_id=c%201&payout=12.50&currency=EUR&txid=T-1"
+        );
+        let local = Settings::from_toml(Path::new("postgate.toml"), text, &|n| {
+            (n == "POSTGATE_DEMO_POSTBACK_URL")
+                .then(|| "http://127.0.0.1:9/pb?c={click_id}".to_owned())
+        })
+        .expect("demo config with a local receiver");
+        assert_eq!(url(&local), "http://127.0.0.1:9/pb?c=c%201");
+    }
+
+    #[test]
+    fn the_outbound_allow_list_takes_networks_from_the_environment_too() {
+        let text = "[outbound]\nallow_networks = [\"10.0.0.0/8\"]\n";
+        let s = Settings::from_toml(Path::new("p.toml"), text, &|n| {
+            (n == crate::delivery::ALLOW_ENV).then(|| "127.0.0.1/32, ::1/128".to_owned())
+        })
+        .expect("valid");
+        assert_eq!(
+            s.outbound.allow_networks,
+            ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]
+        );
+        let err = Settings::from_toml(Path::new("p.toml"), text, &|n| {
+            (n == crate::delivery::ALLOW_ENV).then(|| "127.0.0.1/33".to_owned())
+        })
+        .expect_err("a bad network in the environment fails the load")
+        .to_string();
+        assert!(err.contains("outbound.allow_networks"), "{err}");
     }
 
     #[test]
