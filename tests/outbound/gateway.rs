@@ -257,29 +257,55 @@ async fn the_cli_replays_dead_letters_by_affiliate_and_time() {
     let db = dir.path().join("postgate.db");
     let config = dir.path().join("outbound.toml");
     crate::support::write_config(&config, crate::harness::CONFIG);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_postgate"))
-        .args(["--config"])
-        .arg(&config)
-        .args([
-            "deliveries",
-            "replay",
-            "--affiliate",
-            "down",
-            "--since",
-            "2020-01-01T00:00:00Z",
-        ])
-        .env("TEST_DB_URL", crate::support::database_url(&db))
-        .env("RECEIVER", &receiver.base)
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .expect("run postgate");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let replay = async |filter: &[&str]| {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_postgate"))
+            .args(["--config"])
+            .arg(&config)
+            .args(["deliveries", "replay"])
+            .args(filter)
+            .env("TEST_DB_URL", crate::support::database_url(&db))
+            .env("RECEIVER", &receiver.base)
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .expect("run postgate");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{filter:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    // Each filter narrows the selection; a dry run only counts.
+    for (filter, expected) in [
+        (&["--offer", "shoes", "--dry-run"][..], "1 deliveries match"),
+        (&["--offer", "hats", "--dry-run"][..], "0 deliveries match"),
+        (
+            &[
+                "--affiliate",
+                "down",
+                "--until",
+                "2020-01-02T00:00:00Z",
+                "--dry-run",
+            ][..],
+            "0 deliveries match",
+        ),
+        (
+            &[
+                "--affiliate",
+                "plain",
+                "--since",
+                "2020-01-01T00:00:00Z",
+                "--dry-run",
+            ][..],
+            "0 deliveries match",
+        ),
+    ] {
+        let stdout = replay(filter).await;
+        assert!(stdout.contains(expected), "{filter:?}: {stdout}");
+    }
+    let stdout = replay(&["--affiliate", "down", "--since", "2020-01-01T00:00:00Z"]).await;
     assert!(
         stdout.contains("1 of 1 matching deliveries replayed"),
         "{stdout}"
