@@ -498,10 +498,22 @@ impl Settings {
             path: path.to_owned(),
             message,
         };
+        // toml's Display quotes the offending source line, which may hold a token: the
+        // message says where and what, never the text.
+        let toml_err = |e: toml::de::Error| {
+            let message = e.message().trim_end();
+            parse_err(match e.span() {
+                Some(span) => format!(
+                    "line {}: {message}",
+                    crate::connector::error::line_of(text, span.start)
+                ),
+                None => message.to_owned(),
+            })
+        };
         // First pass on the text as written, for errors with line numbers.
-        toml::from_str::<RawFile>(text).map_err(|e| parse_err(e.to_string()))?;
+        toml::from_str::<RawFile>(text).map_err(toml_err)?;
         // Second pass after interpolating every string value.
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(toml_err)?;
         for (key, value) in table.iter_mut() {
             interpolate(key, value, env).map_err(|(key, message)| ConfigError::Invalid {
                 path: path.to_owned(),
@@ -568,7 +580,7 @@ pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
                     _ => false,
                 })
                 .map(|(i, _)| i)
-                .ok_or_else(|| format!("unclosed ${{ in {text:?}"))?;
+                .ok_or_else(|| "unclosed ${ in the value".to_owned())?;
             let inner = &body[..end];
             let (name, default) = match inner.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
@@ -622,7 +634,10 @@ fn validate(
     if crate::store::backend_of(&database_url).is_err() {
         return Err(invalid(
             "server.database_url".into(),
-            format!("{database_url:?}: use sqlite:<path> (embedded) or postgres://user@host/db"),
+            format!(
+                "scheme {:?} (the URL is not shown: it may hold a password): use sqlite:<path> (embedded) or postgres://user@host/db",
+                crate::store::scheme_of(&database_url)
+            ),
         ));
     }
     let admin_token = env("POSTGATE_ADMIN_TOKEN")
@@ -1280,6 +1295,31 @@ mod tests {
         })
         .expect("demo config with a local receiver");
         assert_eq!(url(&local), "http://127.0.0.1:9/pb?c=c%201");
+    }
+
+    #[test]
+    fn load_errors_say_where_but_never_echo_a_secret() {
+        // A missing closing quote on a secret's line: toml's own message would quote it.
+        let text = "[server]\nadmin_token = \"s3cr3t-admin-token\nlisten = \"127.0.0.1:0\"\n";
+        let err = Settings::from_toml(Path::new("p.toml"), text, &|_| None)
+            .expect_err("syntax error")
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+
+        let text = "[server]\ndatabase_url = \"postgresql+asyncpg://u:pw-s3cr3t@db/x\"\n";
+        let err = Settings::from_toml(Path::new("p.toml"), text, &|_| None)
+            .expect_err("unsupported scheme")
+            .to_string();
+        assert!(err.contains("postgresql+asyncpg"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+
+        let text = "[server]\nadmin_token = \"${TOKEN:-s3cr3t-default\"\n";
+        let err = Settings::from_toml(Path::new("p.toml"), text, &|_| None)
+            .expect_err("unclosed ${")
+            .to_string();
+        assert!(err.contains("unclosed"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
     }
 
     #[test]

@@ -436,7 +436,13 @@ impl Pipeline {
 
         let request_id = uuid::Uuid::now_v7().to_string();
         let mut work = Ingest {
-            raw: Some(raw_record(&request_id, name, raw, events.len())),
+            raw: Some(raw_record(
+                &request_id,
+                name,
+                &hook.connector,
+                raw,
+                events.len(),
+            )),
             ..Ingest::default()
         };
         // Per event: the indexes of its decisions in `work.decisions`, and the reasons of
@@ -554,16 +560,8 @@ fn count_decisions(channel: &'static str, receipts: &[Receipt]) {
 /// A verified webhook request as the spool keeps it: the connector's token header and query
 /// parameter and the usual credential headers are left out; the body stays byte for byte.
 fn spooled_hook(name: &str, connector: &Connector, raw: &RawRequest) -> SpooledRequest {
-    let (secret_headers, secret_params) = connector.secret_locations();
-    let headers = raw
-        .headers
-        .iter()
-        .filter(|(k, _)| {
-            !SECRET_HEADERS.contains(&k.to_ascii_lowercase().as_str())
-                && !secret_headers.iter().any(|h| h.eq_ignore_ascii_case(k))
-        })
-        .cloned()
-        .collect();
+    let (_, secret_params) = connector.secret_locations();
+    let headers = kept_headers(connector, raw).cloned().collect();
     let (path, query) = raw
         .path_and_query
         .split_once('?')
@@ -597,16 +595,36 @@ const SECRET_HEADERS: &[&str] = &[
     "x-api-key",
 ];
 
-fn raw_record(id: &str, connector: &str, raw: &RawRequest, events: usize) -> RawRecord {
-    let headers: Vec<(&str, &str)> = raw
-        .headers
+/// The request's headers without credentials: the usual credential headers and the
+/// connector's own token header (`[[auth]] type = "token"`, `header = …`).
+fn kept_headers<'a>(
+    connector: &Connector,
+    raw: &'a RawRequest,
+) -> impl Iterator<Item = &'a (String, String)> {
+    let (secret_headers, _) = connector.secret_locations();
+    let secret: Vec<String> = secret_headers
         .iter()
-        .filter(|(k, _)| !SECRET_HEADERS.contains(&k.to_ascii_lowercase().as_str()))
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    raw.headers.iter().filter(move |(k, _)| {
+        let k = k.to_ascii_lowercase();
+        !SECRET_HEADERS.contains(&k.as_str()) && !secret.contains(&k)
+    })
+}
+
+fn raw_record(
+    id: &str,
+    name: &str,
+    connector: &Connector,
+    raw: &RawRequest,
+    events: usize,
+) -> RawRecord {
+    let headers: Vec<(&str, &str)> = kept_headers(connector, raw)
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     RawRecord {
         id: id.to_owned(),
-        connector: connector.to_owned(),
+        connector: name.to_owned(),
         received_at_ms: raw.received_at.timestamp_millis(),
         method: raw.method.clone(),
         path: raw
@@ -739,5 +757,54 @@ mod tests {
             url,
             "https://x.example/l?c=AbC-_9&o=off&a=aff&s1=a%20b%26c%3Dd&s2=&s3=%C3%BC"
         );
+    }
+
+    #[test]
+    fn stored_and_spooled_headers_leave_out_the_connectors_token_header() {
+        let text = r#"
+[body]
+format = "json"
+
+[[auth]]
+type = "token"
+header = "X-Partner-Token"
+tokens = ["partner-token-0123456789abcdef"]
+
+[event]
+type = { path = "$.type" }
+id = { path = "$.id" }
+"#;
+        let connector = Connector::from_toml(
+            "partner",
+            std::path::Path::new("partner.toml"),
+            text,
+            &crate::connector::LoadOptions::default(),
+        )
+        .expect("connector");
+        let raw = RawRequest {
+            method: "POST".into(),
+            path_and_query: "/hooks/partner?x=1".into(),
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                (
+                    "x-partner-token".into(),
+                    "partner-token-0123456789abcdef".into(),
+                ),
+                ("Authorization".into(), "Bearer other".into()),
+                ("X-Request-Id".into(), "r-1".into()),
+            ],
+            body: bytes::Bytes::from_static(b"{}"),
+            peer_ip: None,
+            received_at: chrono::Utc::now(),
+        };
+        let stored = raw_record("id", "partner", &connector, &raw, 0).headers_json;
+        assert!(!stored.contains("partner-token"), "{stored}");
+        assert!(!stored.contains("Bearer"), "{stored}");
+        assert!(stored.contains("X-Request-Id"), "{stored}");
+        let SpooledRequest::Hook { headers, .. } = spooled_hook("partner", &connector, &raw) else {
+            panic!("a hook");
+        };
+        let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "X-Request-Id"]);
     }
 }

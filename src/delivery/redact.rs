@@ -3,14 +3,17 @@
 //! Contract
 //! - Input: the URL an attempt was sent to.
 //! - Output: a string safe to log and store: the values of query parameters whose name looks
-//!   secret (contains token, key, secret, sig, pass, auth) and any userinfo password are
-//!   replaced with `REDACTED`. The path is kept (operators need it to debug); the fragment is
+//!   secret (contains token, key, secret, sig, pass, pwd, auth, cred, hash) and any userinfo
+//!   (a user name alone is often an API key: `https://KEY@host/`) are replaced with
+//!   `REDACTED`. The path is kept (operators need it to debug); the fragment is
 //!   dropped (it is never sent anyway).
 //! - Errors / side effects: none.
 
 use url::Url;
 
-const SECRET_HINTS: [&str; 6] = ["token", "key", "secret", "sig", "pass", "auth"];
+const SECRET_HINTS: [&str; 9] = [
+    "token", "key", "secret", "sig", "pass", "pwd", "auth", "cred", "hash",
+];
 const MASK: &str = "REDACTED";
 
 /// True for parameter names that usually carry credentials (`api_key`, `access_token`,
@@ -24,9 +27,12 @@ fn looks_secret(name: &str) -> bool {
 pub fn redact_url(url: &Url) -> String {
     let mut out = url.clone();
     out.set_fragment(None);
+    // Both only fail for cannot-be-a-base URLs, which have no userinfo.
     if url.password().is_some() {
-        // Only fails for cannot-be-a-base URLs, which have no password.
         let _ = out.set_password(Some(MASK));
+    }
+    if !url.username().is_empty() {
+        let _ = out.set_username(MASK);
     }
     if url.query().is_some() {
         let pairs: Vec<(String, String)> = url
@@ -57,8 +63,14 @@ mod tests {
         .expect("test value");
         assert_eq!(
             redact_url(&url),
-            "https://user:REDACTED@aff.example/pb/x?click=abc&api_key=REDACTED&Token=REDACTED\
+            "https://REDACTED:REDACTED@aff.example/pb/x?click=abc&api_key=REDACTED&Token=REDACTED\
              &signature=REDACTED&amount=1.5&sub1=a%26b"
+        );
+        let url = Url::parse("https://APIKEY123@aff.example/pb?pwd=p&md5hash=h&credential=c")
+            .expect("test value");
+        assert_eq!(
+            redact_url(&url),
+            "https://REDACTED@aff.example/pb?pwd=REDACTED&md5hash=REDACTED&credential=REDACTED"
         );
     }
 

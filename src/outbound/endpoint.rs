@@ -79,13 +79,15 @@ impl Endpoint {
         signing: Option<SigningKeys>,
         allow_insecure_http: bool,
     ) -> Result<Self, EndpointError> {
+        // Only what precedes the query goes into the message: the query may hold a key.
+        let shown = url.split('?').next().unwrap_or_default().to_owned();
         let parsed = Url::parse(url).map_err(|e| EndpointError::BadUrl {
-            url: url.to_owned(),
+            url: shown.clone(),
             reason: e.to_string(),
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(EndpointError::BadUrl {
-                url: url.to_owned(),
+                url: shown,
                 reason: "scheme must be http or https".to_owned(),
             });
         }

@@ -316,7 +316,7 @@ impl Journal {
         if self.dead.is_none() {
             let path = self.dir.join(DEAD_FILE);
             let created = !path.exists();
-            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let file = private(OpenOptions::new().create(true).append(true)).open(&path)?;
             if created {
                 sync_dir(&self.dir)?;
             }
@@ -351,10 +351,7 @@ impl Journal {
         {
             let seq = self.next_seq;
             let path = self.dir.join(format!("seg-{seq:010}.log"));
-            let file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)?;
+            let file = private(OpenOptions::new().create_new(true).append(true)).open(&path)?;
             sync_dir(&self.dir)?;
             self.next_seq += 1;
             self.segments.insert(
@@ -427,6 +424,17 @@ impl Journal {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+}
+
+/// Spool files hold requests as they arrived (raw webhook bodies among them): readable by
+/// the gateway's user only, whatever the umask.
+fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
 }
 
 /// Makes a file's creation or removal in `dir` durable.

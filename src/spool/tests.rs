@@ -78,6 +78,24 @@ fn frames_round_trip_and_a_zero_length_frame_is_not_a_record() {
     assert!(matches!(tail, Tail::Torn(_)));
 }
 
+#[cfg(unix)]
+#[test]
+fn spool_segments_are_readable_by_the_gateways_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut j = Journal::open(dir.path()).expect("open");
+    j.append(entry(1, Utc::now())).expect("append");
+    let files = segments(dir.path());
+    assert!(!files.is_empty());
+    for f in files {
+        let mode = std::fs::metadata(&f)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", f.display());
+    }
+}
+
 #[test]
 fn appended_entries_survive_a_reopen_in_order_with_every_field() {
     let dir = tempfile::tempdir().expect("dir");

@@ -118,7 +118,7 @@ pub enum StoreError {
     WriterGone,
     #[error("the writer could not commit this (it logged why)")]
     NotCommitted,
-    #[error("unsupported database URL {0:?}: use sqlite:<path> or postgres://…")]
+    #[error("unsupported database URL scheme {0:?}: use sqlite:<path> or postgres://…")]
     Url(String),
 }
 
@@ -192,13 +192,19 @@ pub enum Backend {
     Postgres,
 }
 
+/// The part of a database URL before its first `:`, for messages: the rest may hold a
+/// password.
+pub fn scheme_of(url: &str) -> &str {
+    url.split(':').next().unwrap_or_default()
+}
+
 pub fn backend_of(url: &str) -> Result<Backend, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Backend::Sqlite)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Backend::Postgres)
     } else {
-        Err(StoreError::Url(url.to_owned()))
+        Err(StoreError::Url(scheme_of(url).to_owned()))
     }
 }
 
