@@ -696,7 +696,16 @@ async fn sqlite_fast(
             "query built for the other backend".into(),
         ));
     };
-    let inserted = match qb.build().persistent(false).fetch_all(&mut *conn).await {
+    // A batch of ingest alone has few distinct shapes (its text follows the number of items),
+    // so sqlx keeps each prepared and SQLite skips parsing it again; with delivery outcomes
+    // in it nearly every text is new, and caching would only churn.
+    let persistent = writes.is_empty();
+    let inserted = match qb
+        .build()
+        .persistent(persistent)
+        .fetch_all(&mut *conn)
+        .await
+    {
         Ok(rows) => {
             *writes_committed = true;
             rows
