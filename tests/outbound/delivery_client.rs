@@ -279,15 +279,17 @@ async fn a_slow_answer_within_the_total_timeout_is_kept() {
     );
 }
 
+/// A loopback port nobody listens on: bound, then dropped.
+async fn closed_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
 #[tokio::test]
 async fn a_closed_port_is_a_connect_error() {
-    // Bind then drop to get a port nobody listens on.
-    let port = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = closed_port().await;
     let r = send(
         &client(&["127.0.0.1/32"]),
         &format!("http://127.0.0.1:{port}/ok"),
@@ -298,12 +300,7 @@ async fn a_closed_port_is_a_connect_error() {
 
 #[tokio::test]
 async fn a_failed_attempt_logs_neither_the_url_nor_its_secret_in_the_error() {
-    let port = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = closed_port().await;
     // reqwest's errors end in "for url (…)": the full URL, token included.
     let r = send(
         &client(&["127.0.0.1/32"]),
