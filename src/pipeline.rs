@@ -602,13 +602,11 @@ fn kept_headers<'a>(
     raw: &'a RawRequest,
 ) -> impl Iterator<Item = &'a (String, String)> {
     let (secret_headers, _) = connector.secret_locations();
-    let secret: Vec<String> = secret_headers
-        .iter()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
     raw.headers.iter().filter(move |(k, _)| {
-        let k = k.to_ascii_lowercase();
-        !SECRET_HEADERS.contains(&k.as_str()) && !secret.contains(&k)
+        !SECRET_HEADERS
+            .iter()
+            .chain(&secret_headers)
+            .any(|h| h.eq_ignore_ascii_case(k))
     })
 }
 

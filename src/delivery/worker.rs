@@ -967,14 +967,14 @@ impl Sink {
     }
 }
 
-/// A pool connection kept by the recorder.
+/// A pool connection kept by the loader or the recorder.
 type HeldConn =
     Db<sqlx::pool::PoolConnection<sqlx::Sqlite>, sqlx::pool::PoolConnection<sqlx::Postgres>>;
 
-/// The recorder's own connection, taken from the delivery pool once and kept: in the pool
-/// it queued behind every attempt's row read, and each group waited for a turn (a group
-/// commit of ~35 outcomes took 6 ms, most of it waiting). Dropped after a failure, so a
-/// broken connection is replaced by the next group.
+/// A connection of the loader's or the recorder's own, taken from the delivery pool once and
+/// kept: in the pool each group queued behind the other users and waited for a turn (a
+/// recorder group commit of ~35 outcomes took 6 ms, most of it waiting). Dropped after a
+/// failure, so a broken connection is replaced by the next group.
 struct Held {
     pool: Pool,
     conn: Option<HeldConn>,
@@ -1160,6 +1160,7 @@ async fn write_outcomes(conn: &mut HeldConn, outcomes: &[&Outcome]) -> Result<()
     }
     Ok(())
 }
+
 /// One statement of an outcome group: appends it to the builder (no terminator) and says
 /// whether there was anything to write.
 type PushStatement = fn(&mut Builder, &[&Outcome]) -> bool;

@@ -117,8 +117,6 @@ pub async fn delivery_pool(url: &str, max_connections: u32) -> Result<SqlitePool
         .await?)
 }
 
-/// Copies committed WAL frames into the database file every `every`, off the writer's path.
-/// PASSIVE never blocks the writer or readers; it does what it can and tries again.
 /// Runs the statements `push` appends (each terminated by `;`) as one `BEGIN IMMEDIATE …
 /// COMMIT` multi-statement query: one hop to the connection's thread. On failure whatever ran
 /// is rolled back.
@@ -141,6 +139,8 @@ pub async fn commit_statements(
     Ok(())
 }
 
+/// Copies committed WAL frames into the database file every `every`, off the writer's path.
+/// PASSIVE never blocks the writer or readers; it does what it can and tries again.
 pub async fn checkpoint_loop(mut conn: SqliteConnection, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

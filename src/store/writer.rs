@@ -603,9 +603,10 @@ impl<'a> FastRows<'a> {
     fn hand_off(&mut self, landed: &Landed) {
         let (mut handed, mut queued) = (0u64, 0u64);
         for (d, place) in self.deliveries.iter().zip(self.handoffs.drain(..)) {
-            if !landed
+            // `None`: every conversion of the batch landed.
+            if landed
                 .as_ref()
-                .is_none_or(|ids| ids.contains(d.conversion_id.as_str()))
+                .is_some_and(|ids| !ids.contains(d.conversion_id.as_str()))
             {
                 continue;
             }
