@@ -29,6 +29,13 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// `file:line: reason`, like connector and mapping files.
+    #[error("{path}:{line}: {message}")]
+    ParseAt {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{path}: {key}: {message}")]
     Invalid {
         path: PathBuf,
@@ -120,7 +127,8 @@ pub struct ServerSettings {
     pub database_url: String,
     /// Bearer token for `/api/v1`; without one the admin API answers 401 to everyone.
     pub admin_token: Option<String>,
-    /// Header carrying the visitor's address when behind a trusted proxy (e.g. `x-forwarded-for`).
+    /// Header carrying the visitor's address when behind a trusted proxy (e.g. `x-forwarded-for`);
+    /// of a comma-separated list the last entry, the one the proxy appended, is used.
     pub client_ip_header: Option<String>,
     pub max_body_bytes: usize,
 }
@@ -502,13 +510,14 @@ impl Settings {
         // message says where and what, never the text.
         let toml_err = |e: toml::de::Error| {
             let message = e.message().trim_end();
-            parse_err(match e.span() {
-                Some(span) => format!(
-                    "line {}: {message}",
-                    crate::connector::error::line_of(text, span.start)
-                ),
-                None => message.to_owned(),
-            })
+            match e.span() {
+                Some(span) => ConfigError::ParseAt {
+                    path: path.to_owned(),
+                    line: crate::connector::error::line_of(text, span.start),
+                    message: message.to_owned(),
+                },
+                None => parse_err(message.to_owned()),
+            }
         };
         // First pass on the text as written, for errors with line numbers.
         toml::from_str::<RawFile>(text).map_err(toml_err)?;
@@ -1304,7 +1313,7 @@ mod tests {
         let err = Settings::from_toml(Path::new("p.toml"), text, &|_| None)
             .expect_err("syntax error")
             .to_string();
-        assert!(err.contains("line 2"), "{err}");
+        assert!(err.starts_with("p.toml:2: "), "{err}");
         assert!(!err.contains("s3cr3t"), "{err}");
 
         let text = "[server]\ndatabase_url = \"postgresql+asyncpg://u:pw-s3cr3t@db/x\"\n";
@@ -1376,8 +1385,7 @@ mod tests {
         let err = Settings::from_toml(Path::new("p.toml"), "[server]\nlisen = \"x\"\n", &|_| None)
             .expect_err("must fail")
             .to_string();
-        assert!(err.starts_with("p.toml: "), "{err}");
-        assert!(err.contains("line 2"), "{err}");
+        assert!(err.starts_with("p.toml:2: "), "{err}");
         assert!(err.contains("lisen"), "{err}");
     }
 

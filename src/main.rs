@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use postgate::config::Settings;
 use postgate::connector::{Connector, Env, LoadOptions};
 use postgate::mapping::MappingSet;
-use postgate::mapping::check::{map_payload, parse_header_arg};
+use postgate::mapping::check::{map_payload_explained, parse_header_arg};
 use postgate::startup::{Application, shutdown_signal};
 
 // Request handling allocates many small values (parsed JSON, strings); mimalloc's
@@ -103,7 +103,14 @@ fn main() -> ExitCode {
         method,
     } = &cli.command
     {
-        return map(connector, payload, headers, path, method);
+        let (connectors, mappings) = definition_dirs(&cli.config);
+        return map(
+            connector,
+            payload,
+            headers,
+            (path, method),
+            (&connectors, &mappings),
+        );
     }
     let settings = match Settings::load(&cli.config) {
         Ok(s) => s,
@@ -213,7 +220,12 @@ fn check(config: &std::path::Path, settings: &Settings) -> ExitCode {
         settings.offers.len(),
         settings.hooks.enabled.len()
     );
-    let report = postgate::mapping::check::check(std::path::Path::new("."), &offline_options());
+    let dirs = postgate::mapping::check::Dirs {
+        root: std::path::Path::new("."),
+        connectors: &settings.hooks.connectors_dir,
+        mappings: &settings.hooks.mappings_dir,
+    };
+    let report = postgate::mapping::check::check(&dirs, &offline_options());
     for error in &report.errors {
         eprintln!("{error}");
     }
@@ -244,23 +256,40 @@ fn check(config: &std::path::Path, settings: &Settings) -> ExitCode {
     }
 }
 
+/// The connectors and mappings directories `map` reads: the configuration's `[paths]` when
+/// the configuration loads, else `connectors/` and `mappings/` (building a mapping needs no
+/// production configuration or secrets).
+fn definition_dirs(config: &std::path::Path) -> (PathBuf, PathBuf) {
+    let defaults = || (PathBuf::from("connectors"), PathBuf::from("mappings"));
+    if !config.is_file() {
+        return defaults();
+    }
+    match Settings::load(config) {
+        Ok(settings) => (settings.hooks.connectors_dir, settings.hooks.mappings_dir),
+        Err(e) => {
+            eprintln!("note: {e}; reading connectors/ and mappings/");
+            defaults()
+        }
+    }
+}
+
 fn map(
     connector: &str,
     payload: &std::path::Path,
     headers: &[String],
-    path: &str,
-    method: &str,
+    (path, method): (&str, &str),
+    (connectors_dir, mappings_dir): (&std::path::Path, &std::path::Path),
 ) -> ExitCode {
     let fail = |message: String| {
         eprintln!("error: {message}");
         ExitCode::FAILURE
     };
-    let file = PathBuf::from("connectors").join(format!("{connector}.toml"));
+    let file = connectors_dir.join(format!("{connector}.toml"));
     let connector = match Connector::load(&file, &offline_options()) {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
-    let mappings = match MappingSet::load_dir(std::path::Path::new("mappings")) {
+    let mappings = match MappingSet::load_dir(mappings_dir) {
         Ok(m) => m,
         Err(errors) => {
             return fail(
@@ -283,10 +312,14 @@ fn map(
             None => return fail(format!("--header {h:?}: write 'Name: value'")),
         }
     }
-    match map_payload(&connector, &mappings, method, path, &parsed, body.into()) {
-        Ok(postbacks) => match serde_json::to_string_pretty(&postbacks) {
+    match map_payload_explained(&connector, &mappings, method, path, &parsed, body.into()) {
+        Ok((postbacks, notes)) => match serde_json::to_string_pretty(&postbacks) {
             Ok(json) => {
                 println!("{json}");
+                // Optional fields left empty: often the reason a postback lacks a click ID.
+                for note in notes {
+                    eprintln!("note: {note}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e.to_string()),

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::attribution::{self, InputError};
 use crate::config::OfferStatus;
-use crate::connector::{Connector, DecodeError, RawRequest, VerifyError};
+use crate::connector::{Connector, RawRequest, VerifyError};
 use crate::domain::{ClickId, ClickKeyRing, Reason, ReasonCode, Receipt};
 use crate::mapping::MappingSet;
 use crate::s2s::{self, Params, S2sError};
@@ -96,8 +96,6 @@ pub enum HookError {
     UnknownConnector(String),
     #[error(transparent)]
     Verify(#[from] VerifyError),
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
     #[error("the request could not be stored")]
     Store(#[from] WriteFailed),
 }
@@ -107,7 +105,6 @@ impl HookError {
         match self {
             Self::UnknownConnector(_) => ReasonCode::UnknownConnector,
             Self::Verify(e) => e.code(),
-            Self::Decode(e) => e.code(),
             Self::Store(_) => ReasonCode::StorageUnavailable,
         }
     }
@@ -135,8 +132,11 @@ pub struct HookReceipt {
 
 #[derive(Debug, Serialize)]
 pub struct EventReceipt {
-    pub event_id: String,
-    pub event_type: String,
+    /// Absent when the event's dedupe id (or type) could not be found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
     /// `accepted`, `duplicate`, `rejected` or `unmapped` (recorded, no conversion).
     pub status: &'static str,
     pub conversion_id: Option<String>,
@@ -432,7 +432,12 @@ impl Pipeline {
         raw: &RawRequest,
         verified: crate::connector::VerifiedRequest,
     ) -> Result<HookAnswer, HookError> {
-        let events = hook.connector.decode(verified)?;
+        // An event without its type or dedupe id is stored with the reason like an unmappable
+        // one (the source is answered and stops retrying); so is a request with too many.
+        let events = hook
+            .connector
+            .decode_each(verified)
+            .unwrap_or_else(|too_many| vec![Err(too_many)]);
 
         let request_id = uuid::Uuid::now_v7().to_string();
         let mut work = Ingest {
@@ -445,19 +450,26 @@ impl Pipeline {
             )),
             ..Ingest::default()
         };
-        // Per event: the indexes of its decisions in `work.decisions`, and the reasons of
-        // whatever part of it could not become a decision (each also stored as a failure).
-        let mut slots: Vec<(String, String, Vec<usize>, Vec<Reason>)> = Vec::new();
+        let mut slots: Vec<Slot> = Vec::new();
         {
             let catalog = self.catalog.load();
             let Some(advertiser) = catalog.advertiser(hook.advertiser_id) else {
                 return Err(HookError::UnknownConnector(name.to_owned()));
             };
-            for event in &events {
+            for decoded in &events {
                 let mut indexes = Vec::new();
                 let mut failures = Vec::new();
-                match self.hooks.mappings.map(event) {
-                    Ok(postbacks) => {
+                let event = decoded.as_ref().ok();
+                // Undecodable, or decoded but mapped to nothing: a reason, no decision.
+                let mapped = decoded
+                    .as_ref()
+                    .map_err(|e| Reason::new(e.code(), e.to_string()))
+                    .and_then(|event| match self.hooks.mappings.map(event) {
+                        Ok(postbacks) => Ok((event, postbacks)),
+                        Err(e) => Err(Reason::new(e.code(), e.to_string())),
+                    });
+                match mapped {
+                    Ok((event, postbacks)) => {
                         for (n, postback) in postbacks.into_iter().enumerate() {
                             match attribution::evaluate(
                                 &catalog,
@@ -476,31 +488,27 @@ impl Pipeline {
                             }
                         }
                     }
-                    Err(e) => failures.push(Reason::new(e.code(), e.to_string())),
+                    Err(reason) => failures.push(reason),
                 }
                 for reason in &failures {
-                    work.failures.push(FailureRecord {
-                        id: uuid::Uuid::now_v7().to_string(),
-                        raw_request_id: request_id.clone(),
-                        connector: name.to_owned(),
-                        event_type: Some(event.event_type().to_owned()),
-                        event_id: Some(event.event_id().to_owned()),
-                        code: reason.code.as_str().to_owned(),
-                        message: reason.message.clone(),
-                    });
+                    work.failures
+                        .push(failure_record(&request_id, name, event, reason.clone()));
                 }
-                slots.push((
-                    event.event_id().to_owned(),
-                    event.event_type().to_owned(),
+                slots.push(Slot {
+                    event_id: event.map(|e| e.event_id().to_owned()),
+                    event_type: event.map(|e| e.event_type().to_owned()),
                     indexes,
                     failures,
-                ));
+                });
             }
         }
 
         let receipts = self.store.writer.ingest(work).await?;
         count_decisions("webhook", &receipts);
-        for (_, _, indexes, failures) in &slots {
+        for Slot {
+            indexes, failures, ..
+        } in &slots
+        {
             let statuses = indexes.iter().filter_map(|&i| receipts.get(i));
             for status in statuses.map(|r| r.status.as_str()) {
                 metrics::counter!(telemetry::WEBHOOK_EVENTS, "connector" => name.to_owned(), "status" => status)
@@ -522,30 +530,65 @@ impl Pipeline {
                 request_id,
                 events: slots
                     .into_iter()
-                    .flat_map(|(event_id, event_type, indexes, failures)| {
-                        let decided =
-                            indexes
-                                .into_iter()
-                                .filter_map(|i| receipts.get(i))
-                                .map(|r| EventReceipt {
-                                    event_id: event_id.clone(),
-                                    event_type: event_type.clone(),
-                                    status: r.status.as_str(),
-                                    conversion_id: r.conversion_id.clone(),
-                                    reasons: r.reasons.clone(),
-                                });
-                        let unmapped = failures.into_iter().map(|reason| EventReceipt {
-                            event_id: event_id.clone(),
-                            event_type: event_type.clone(),
-                            status: "unmapped",
-                            conversion_id: None,
-                            reasons: vec![reason],
-                        });
-                        decided.chain(unmapped).collect::<Vec<_>>()
-                    })
+                    .flat_map(
+                        |Slot {
+                             event_id,
+                             event_type,
+                             indexes,
+                             failures,
+                         }| {
+                            let decided =
+                                indexes
+                                    .into_iter()
+                                    .filter_map(|i| receipts.get(i))
+                                    .map(|r| EventReceipt {
+                                        event_id: event_id.clone(),
+                                        event_type: event_type.clone(),
+                                        status: r.status.as_str(),
+                                        conversion_id: r.conversion_id.clone(),
+                                        reasons: r.reasons.clone(),
+                                    });
+                            let unmapped = failures.into_iter().map(|reason| EventReceipt {
+                                event_id: event_id.clone(),
+                                event_type: event_type.clone(),
+                                status: "unmapped",
+                                conversion_id: None,
+                                reasons: vec![reason],
+                            });
+                            decided.chain(unmapped).collect::<Vec<_>>()
+                        },
+                    )
                     .collect(),
             }),
         })
+    }
+}
+
+/// One event of a webhook request as its answer reports it: the indexes of its decisions in
+/// the ingest, and the reasons of whatever part of it became no decision (each also stored
+/// as a failure). Type and id are unknown for an event that could not be decoded.
+struct Slot {
+    event_id: Option<String>,
+    event_type: Option<String>,
+    indexes: Vec<usize>,
+    failures: Vec<Reason>,
+}
+
+/// What is stored for an event (or, without `event`, a request) that became no decision.
+fn failure_record(
+    request_id: &str,
+    connector: &str,
+    event: Option<&crate::connector::VerifiedEvent>,
+    reason: Reason,
+) -> FailureRecord {
+    FailureRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        raw_request_id: request_id.to_owned(),
+        connector: connector.to_owned(),
+        event_type: event.map(|e| e.event_type().to_owned()),
+        event_id: event.map(|e| e.event_id().to_owned()),
+        code: reason.code.as_str().to_owned(),
+        message: reason.message,
     }
 }
 
@@ -560,30 +603,37 @@ fn count_decisions(channel: &'static str, receipts: &[Receipt]) {
 /// A verified webhook request as the spool keeps it: the connector's token header and query
 /// parameter and the usual credential headers are left out; the body stays byte for byte.
 fn spooled_hook(name: &str, connector: &Connector, raw: &RawRequest) -> SpooledRequest {
-    let (_, secret_params) = connector.secret_locations();
     let headers = kept_headers(connector, raw).cloned().collect();
-    let (path, query) = raw
-        .path_and_query
-        .split_once('?')
-        .unwrap_or((raw.path_and_query.as_str(), ""));
-    let kept: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .filter(|(k, _)| !secret_params.contains(&k.as_str()))
-        .collect();
-    let path_and_query = if kept.is_empty() {
-        path.to_owned()
-    } else {
-        let query = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(kept)
-            .finish();
-        format!("{path}?{query}")
-    };
+    let path_and_query = without_secret_params(connector, &raw.path_and_query);
     SpooledRequest::Hook {
         connector: name.to_owned(),
         method: raw.method.clone(),
         path_and_query,
         headers,
         body: raw.body.clone(),
+    }
+}
+
+/// The path and query as received, less the query parameters that carry the connector's
+/// token (`?token=…`). The other parameters stay byte for byte: they are the payload of GET
+/// callbacks (Adjust) and part of what some sources sign (HubSpot v3 signs the URL).
+fn without_secret_params(connector: &Connector, path_and_query: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_owned();
+    };
+    let (_, secret_params) = connector.secret_locations();
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            !url::form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .is_some_and(|(key, _)| secret_params.contains(&key.as_ref()))
+        })
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
     }
 }
 
@@ -625,12 +675,7 @@ fn raw_record(
         connector: name.to_owned(),
         received_at_ms: raw.received_at.timestamp_millis(),
         method: raw.method.clone(),
-        path: raw
-            .path_and_query
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
+        path: without_secret_params(connector, &raw.path_and_query),
         headers_json: serde_json::to_string(&headers).unwrap_or_else(|_| "[]".to_owned()),
         // Webhook JSON compresses 3-5x; every stored byte is written twice (WAL, then the
         // checkpoint), so this is most of a raw request's cost. Lossless.
@@ -717,9 +762,10 @@ mod tests {
         else {
             panic!("a hook entry");
         };
+        // The other parameters byte for byte, as received.
         assert_eq!(
             path_and_query,
-            "/hooks/adjust?activity_kind=event&adid=a+1&created_at=9"
+            "/hooks/adjust?activity_kind=event&adid=a%201&created_at=9"
         );
         assert_eq!(headers, [("user-agent".to_owned(), "adjust".to_owned())]);
         // What is left still decodes to the same event.

@@ -211,9 +211,13 @@ async fn prepare(
     Ok((keys, snapshot))
 }
 
-/// Compiles the enabled connectors and every mapping; any error stops start-up.
+/// Compiles every connector and mapping file; any error stops start-up. Enabled connectors
+/// get their secrets; the others are compiled with placeholders, so a broken file is found
+/// now rather than the day it is enabled. A gateway without `[[hooks]]` and without the
+/// directories needs neither.
 pub fn load_hooks(settings: &Settings, catalog: &Catalog) -> Result<Hooks, StartupError> {
-    if settings.hooks.enabled.is_empty() {
+    let dirs = &settings.hooks;
+    if dirs.enabled.is_empty() && !dirs.connectors_dir.is_dir() && !dirs.mappings_dir.is_dir() {
         return Ok(Hooks::default());
     }
     let options = LoadOptions {
@@ -221,6 +225,28 @@ pub fn load_hooks(settings: &Settings, catalog: &Catalog) -> Result<Hooks, Start
         ..LoadOptions::default()
     };
     let mut errors = Vec::new();
+    if dirs.connectors_dir.is_dir() {
+        let offline = LoadOptions {
+            env: crate::connector::Env::ProcessOrPlaceholder,
+            ..LoadOptions::default()
+        };
+        match crate::connector::definition_files(&dirs.connectors_dir) {
+            Ok(files) => {
+                let enabled = |path: &std::path::Path| {
+                    let stem = path.file_stem();
+                    dirs.enabled
+                        .iter()
+                        .any(|spec| stem.is_some_and(|s| *s == *spec.connector.as_str()))
+                };
+                for path in files.iter().filter(|p| !enabled(p)) {
+                    if let Err(e) = Connector::load(path, &offline) {
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
     let mut sources = HashMap::new();
     for spec in &settings.hooks.enabled {
         let path = settings
@@ -248,7 +274,12 @@ pub fn load_hooks(settings: &Settings, catalog: &Catalog) -> Result<Hooks, Start
             Err(e) => errors.push(e),
         }
     }
-    let mappings = match MappingSet::load_dir(&settings.hooks.mappings_dir) {
+    let mappings = if dirs.enabled.is_empty() && !dirs.mappings_dir.is_dir() {
+        Ok(MappingSet::default())
+    } else {
+        MappingSet::load_dir(&dirs.mappings_dir)
+    };
+    let mappings = match mappings {
         Ok(m) => Some(m),
         Err(mut e) => {
             errors.append(&mut e);

@@ -599,7 +599,19 @@ impl Connector {
 
     /// Splits a verified request into events with their type and dedupe id. Takes the
     /// request by value: an unsplit body moves into its event instead of being copied.
+    /// The first event that lacks its type or dedupe id fails the whole request; the
+    /// gateway uses [`Connector::decode_each`] instead, so the others still count.
     pub fn decode(&self, req: VerifiedRequest) -> Result<Vec<VerifiedEvent>, DecodeError> {
+        self.decode_each(req)?.into_iter().collect()
+    }
+
+    /// Like [`Connector::decode`], but each event decodes on its own: one notification of a
+    /// hundred without an id is an error in its place, not the whole request's. Only a
+    /// request with more events than the connector allows fails as a whole.
+    pub fn decode_each(
+        &self,
+        req: VerifiedRequest,
+    ) -> Result<Vec<Result<VerifiedEvent, DecodeError>>, DecodeError> {
         let VerifiedRequest {
             headers,
             query,
@@ -621,8 +633,7 @@ impl Connector {
                 limit: self.max_events,
             });
         }
-        let mut events = Vec::with_capacity(items.len());
-        for (index, payload) in items.into_iter().enumerate() {
+        let event = |index: usize, payload: Value| {
             let event_type = self
                 .event_type
                 .find(&payload, &headers, &query)
@@ -643,7 +654,7 @@ impl Connector {
                     }
                 }
             }
-            events.push(VerifiedEvent {
+            Ok(VerifiedEvent {
                 source: self.name.clone(),
                 event_type,
                 event_id: parts.join(":"),
@@ -651,9 +662,13 @@ impl Connector {
                 headers: headers.clone(),
                 query: query.clone(),
                 received_at,
-            });
-        }
-        Ok(events)
+            })
+        };
+        Ok(items
+            .into_iter()
+            .enumerate()
+            .map(|(index, payload)| event(index, payload))
+            .collect())
     }
 }
 
@@ -675,6 +690,19 @@ fn pairs_to_object(pairs: Vec<(String, String)>) -> Value {
     Value::Object(m)
 }
 
+/// The connector files in `dir`: every `*.toml`, in name order.
+pub fn definition_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ConfigError::new(dir, 0, format!("cannot read directory: {e}")))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 /// Loads every `*.toml` in `dir`, collecting all errors rather than stopping at the first.
 pub fn load_dir(
     dir: &Path,
@@ -682,23 +710,7 @@ pub fn load_dir(
 ) -> Result<BTreeMap<String, Connector>, Vec<ConfigError>> {
     let mut out = BTreeMap::new();
     let mut errors = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            return Err(vec![ConfigError::new(
-                dir,
-                0,
-                format!("cannot read directory: {e}"),
-            )]);
-        }
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
-    for p in paths {
+    for p in definition_files(dir).map_err(|e| vec![e])? {
         match Connector::load(&p, opts) {
             Ok(c) => {
                 out.insert(c.name.clone(), c);

@@ -74,6 +74,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The caller's address: the configured proxy header if trusted, else the TCP peer.
+///
+/// A list-valued header (`X-Forwarded-For: client, proxy1, …`) is read from the right: the
+/// trusted proxy appends the address it saw, while everything left of it came from the
+/// client and could be forged to pass an IP allow-list.
 fn request_ip(state: &AppState, req: &Request) -> Option<IpAddr> {
     let peer = req
         .extensions()
@@ -91,7 +95,7 @@ fn client_ip(
         && let Some(ip) = headers
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok())
     {
         return Some(ip);

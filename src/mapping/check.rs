@@ -1,6 +1,6 @@
 //! Offline runners shared by `postgate check`, `postgate map` and `cargo test`.
 //!
-//! * [`check`] compiles `connectors/` and `mappings/` under a project root, then runs every
+//! * [`check`] compiles a connectors and a mappings directory (`[paths]`), then runs every
 //!   `[[test]]` case of every mapping; each problem is a [`ConfigError`] (`file:line: reason`).
 //! * [`map_payload`] turns one payload file into canonical postbacks without a signature
 //!   check and without side effects.
@@ -59,6 +59,42 @@ pub fn map_payload(
     headers: &[(String, String)],
     body: Bytes,
 ) -> Result<Vec<CanonicalPostback>, DryRunError> {
+    let mut out = Vec::new();
+    for ev in decode_payload(connector, method, path_and_query, headers, body)? {
+        out.extend(mappings.map(&ev)?);
+    }
+    Ok(out)
+}
+
+/// [`map_payload`], plus a note for every optional field a mapping defines that found
+/// nothing ([`MappingSet::unfilled`]): for `postgate map`, not for test cases.
+pub fn map_payload_explained(
+    connector: &Connector,
+    mappings: &MappingSet,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(String, String)],
+    body: Bytes,
+) -> Result<(Vec<CanonicalPostback>, Vec<String>), DryRunError> {
+    let mut out = Vec::new();
+    let mut notes = Vec::new();
+    for ev in decode_payload(connector, method, path_and_query, headers, body)? {
+        let postbacks = mappings.map(&ev)?;
+        let currency = postbacks.iter().find_map(|p| p.currency.as_deref());
+        notes.extend(mappings.unfilled(&ev, currency));
+        out.extend(postbacks);
+    }
+    Ok((out, notes))
+}
+
+/// The events a payload decodes to, parsed as production parses it minus authentication.
+fn decode_payload(
+    connector: &Connector,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(String, String)],
+    body: Bytes,
+) -> Result<Vec<crate::connector::VerifiedEvent>, DryRunError> {
     let req = RawRequest {
         method: method.to_string(),
         path_and_query: path_and_query.to_string(),
@@ -67,12 +103,7 @@ pub fn map_payload(
         peer_ip: None,
         received_at: Utc::now(),
     };
-    let verified = connector.parse_unverified(&req)?;
-    let mut out = Vec::new();
-    for ev in connector.decode(verified)? {
-        out.extend(mappings.map(&ev)?);
-    }
-    Ok(out)
+    Ok(connector.decode(connector.parse_unverified(&req)?)?)
 }
 
 /// Outcome of [`check`].
@@ -92,12 +123,34 @@ impl CheckReport {
     }
 }
 
-/// Validates `root/connectors/*.toml` and `root/mappings/**.toml` and runs every mapping
-/// test case (fixture paths are relative to `root`).
-pub fn check(root: &Path, opts: &LoadOptions) -> CheckReport {
+/// Where [`check`] looks: the connectors and mappings directories (`[paths]` in the
+/// configuration) and the root that mapping test cases name their fixtures from. Relative
+/// directories are taken from `root`.
+pub struct Dirs<'a> {
+    pub root: &'a Path,
+    pub connectors: &'a Path,
+    pub mappings: &'a Path,
+}
+
+impl<'a> Dirs<'a> {
+    /// `root/connectors` and `root/mappings`, the layout of a project checkout.
+    pub fn under(root: &'a Path) -> Self {
+        Dirs {
+            root,
+            connectors: Path::new("connectors"),
+            mappings: Path::new("mappings"),
+        }
+    }
+}
+
+/// Validates every `*.toml` connector and `**.toml` mapping in `dirs` and runs every mapping
+/// test case (fixture paths are relative to `dirs.root`).
+pub fn check(dirs: &Dirs<'_>, opts: &LoadOptions) -> CheckReport {
+    let root = dirs.root;
+    let connectors_dir = root.join(dirs.connectors);
     let mut report = CheckReport::default();
     let mut connectors: BTreeMap<String, Connector> =
-        match connector::load_dir(&root.join("connectors"), opts) {
+        match connector::load_dir(&connectors_dir, opts) {
             Ok(c) => c,
             Err(e) => {
                 report.errors.extend(e);
@@ -105,7 +158,7 @@ pub fn check(root: &Path, opts: &LoadOptions) -> CheckReport {
             }
         };
     report.connectors = connectors.len();
-    let mappings = match MappingSet::load_dir(&root.join("mappings")) {
+    let mappings = match MappingSet::load_dir(&root.join(dirs.mappings)) {
         Ok(m) => m,
         Err(e) => {
             report.errors.extend(e);
@@ -118,7 +171,7 @@ pub fn check(root: &Path, opts: &LoadOptions) -> CheckReport {
     for (name, conn) in &mut connectors {
         conn.prune_to(mappings.json_paths(name));
     }
-    let whole = connector::load_dir(&root.join("connectors"), opts).unwrap_or_default();
+    let whole = connector::load_dir(&connectors_dir, opts).unwrap_or_default();
     for m in mappings.mappings() {
         let Some(conn) = connectors.get(m.connector()) else {
             if report.connectors > 0 {
@@ -126,14 +179,23 @@ pub fn check(root: &Path, opts: &LoadOptions) -> CheckReport {
                     m.origin(),
                     0,
                     format!(
-                        "no connector `{}` (expected connectors/{}.toml)",
+                        "no connector `{}` (expected {}/{}.toml)",
                         m.connector(),
+                        dirs.connectors.display(),
                         m.connector()
                     ),
                 ));
             }
             continue;
         };
+        if m.tests().is_empty() {
+            report.errors.push(ConfigError::new(
+                m.origin(),
+                0,
+                "no [[test]] case: every mapping carries at least one (a fixture, its headers, \
+                 and the postbacks it must become)",
+            ));
+        }
         for case in m.tests() {
             report.cases_run += 1;
             let whole = whole.get(m.connector()).filter(|_| conn.is_pruned());

@@ -39,10 +39,13 @@ const MAX_FIRST_OF_DEPTH: usize = 4;
 /// Why an event could not be mapped. `code()` is stable; `Display` is for operators.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MapError {
-    #[error("no mapping of connector `{connector}` matches event type `{event_type}`")]
+    #[error("{}", unmapped_message(connector, event_type, filtered_out))]
     UnmappedEvent {
         connector: String,
         event_type: String,
+        /// Mappings whose event type matched but whose filter selected nothing, each as
+        /// `file (filter …)`: what an operator building a mapping needs to see.
+        filtered_out: Vec<String>,
     },
     #[error("{mapping}: field `{field}`: nothing found (tried {tried})")]
     MissingField {
@@ -66,6 +69,18 @@ pub enum MapError {
         field: String,
         reason: String,
     },
+}
+
+fn unmapped_message(connector: &str, event_type: &str, filtered_out: &[String]) -> String {
+    if filtered_out.is_empty() {
+        format!("no mapping of connector `{connector}` matches event type `{event_type}`")
+    } else {
+        format!(
+            "no mapping of connector `{connector}` matches this `{event_type}` event: the event \
+             type matches {}, but the filter selects nothing in it",
+            filtered_out.join(", ")
+        )
+    }
 }
 
 impl MapError {
@@ -350,15 +365,23 @@ impl Mapping {
 
     /// Whether this mapping applies to `ev`.
     pub fn matches(&self, ev: &VerifiedEvent) -> bool {
+        self.matches_type(ev) && self.passes_filter(ev)
+    }
+
+    fn matches_type(&self, ev: &VerifiedEvent) -> bool {
         let w = &self.when;
         (w.event_types.is_empty() || w.event_types.iter().any(|t| t == ev.event_type()))
             && !w.event_type_not.iter().any(|t| t == ev.event_type())
             && w.event_type_regex
                 .as_ref()
                 .is_none_or(|r| r.is_match(ev.event_type()))
-            && w.filter
-                .as_ref()
-                .is_none_or(|f| !f.select(ev.payload()).is_empty())
+    }
+
+    fn passes_filter(&self, ev: &VerifiedEvent) -> bool {
+        self.when
+            .filter
+            .as_ref()
+            .is_none_or(|f| !f.select(ev.payload()).is_empty())
     }
 
     /// Builds the postback for an event this mapping matches.
@@ -437,6 +460,32 @@ impl Mapping {
             occurred_at,
             attributes,
         })
+    }
+
+    /// The optional fields this mapping defines that found nothing in `ev`, each as
+    /// `file: field `x`: nothing found (tried …)`: what `postgate map` tells an operator whose
+    /// postback came out without, say, a click ID. `currency` is the postback's, for
+    /// transforms that need it.
+    pub fn unfilled(&self, ev: &VerifiedEvent, currency: Option<&str>) -> Vec<String> {
+        let ctx = Ctx { currency };
+        let optional = [
+            ("click_id", self.click_id.as_ref()),
+            ("transaction_id", self.transaction_id.as_ref()),
+            ("amount", self.amount.as_ref()),
+            ("currency", self.currency.as_ref()),
+            ("occurred_at", self.occurred_at.as_ref().map(|(f, _)| f)),
+        ]
+        .into_iter()
+        .filter_map(|(name, f)| Some((name.to_owned(), f?)))
+        .chain(
+            self.attributes
+                .iter()
+                .map(|(k, f)| (format!("attributes.{k}"), f)),
+        );
+        optional
+            .filter(|(name, f)| matches!(self.resolve(name, f, ev, &ctx), Ok(None)))
+            .map(|(name, f)| self.missing(&name, f).to_string())
+            .collect()
     }
 
     fn missing(&self, name: &str, f: &Field) -> MapError {
@@ -634,6 +683,17 @@ impl MappingSet {
         self.by_connector.keys().map(String::as_str)
     }
 
+    /// [`Mapping::unfilled`] of every mapping that applies to `ev`.
+    pub fn unfilled(&self, ev: &VerifiedEvent, currency: Option<&str>) -> Vec<String> {
+        self.by_connector
+            .get(ev.source())
+            .into_iter()
+            .flatten()
+            .filter(|m| m.matches(ev))
+            .flat_map(|m| m.unfilled(ev, currency))
+            .collect()
+    }
+
     /// Applies every matching mapping of the event's connector.
     pub fn map(&self, ev: &VerifiedEvent) -> Result<Vec<CanonicalPostback>, MapError> {
         let matching: Vec<&Mapping> = self
@@ -644,9 +704,25 @@ impl MappingSet {
             .filter(|m| m.matches(ev))
             .collect();
         if matching.is_empty() {
+            let filtered_out = self
+                .by_connector
+                .get(ev.source())
+                .into_iter()
+                .flatten()
+                .filter(|m| m.matches_type(ev))
+                .filter_map(|m| {
+                    let filter = m.when.filter.as_ref()?;
+                    Some(format!(
+                        "{} (filter `{}`)",
+                        m.origin.display(),
+                        filter.as_str()
+                    ))
+                })
+                .collect();
             return Err(MapError::UnmappedEvent {
                 connector: ev.source().to_string(),
                 event_type: ev.event_type().to_string(),
+                filtered_out,
             });
         }
         matching.into_iter().map(|m| m.apply(ev)).collect()

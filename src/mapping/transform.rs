@@ -141,6 +141,18 @@ mod tests {
     }
 
     #[test]
+    fn lowercase_and_trim_change_only_case_and_surrounding_space() {
+        assert_eq!(
+            run(TransformFile::Lowercase, " Closed WON ", None),
+            Ok(Some(" closed won ".into()))
+        );
+        assert_eq!(
+            run(TransformFile::Trim, " \tClosed WON\n", None),
+            Ok(Some("Closed WON".into()))
+        );
+    }
+
+    #[test]
     fn minor_units_use_the_currency_exponent() {
         assert_eq!(
             run(TransformFile::MinorUnits, "1999", Some("USD")),

@@ -28,6 +28,17 @@ pub(crate) fn shopify_order(click_id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// `X-Shopify-Hmac-Sha256` for `body` under `secret`.
+fn shopify_signature_with(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn shopify_signature(body: &[u8]) -> String {
+    shopify_signature_with(SHOPIFY_SECRET, body)
+}
+
 pub(crate) async fn send_shopify(
     app: &TestApp,
     topic: &str,
@@ -35,9 +46,7 @@ pub(crate) async fn send_shopify(
     body: Vec<u8>,
     secret: &str,
 ) -> reqwest::Response {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(&body);
-    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let signature = shopify_signature_with(secret, &body);
     app.client
         .post(format!("{}/hooks/shopify", app.address))
         .header("content-type", "application/json")
@@ -308,6 +317,89 @@ async fn a_stripe_checkout_paid_by_a_delayed_method_is_pending_until_the_payment
     assert_eq!(app.balance("affiliate:aff1:payable").await, -1_500);
 }
 
+/// A notification without its `Id` cannot be deduplicated, so it becomes no conversion, but it
+/// is stored with the reason and the others go on: the whole envelope is acknowledged, or
+/// Salesforce would resend all three for 24 hours.
+#[tokio::test]
+async fn a_notification_without_an_id_is_stored_with_its_reason_and_the_others_still_count() {
+    let app = spawn_app().await;
+    let envelope = String::from_utf8(lead_envelope()).expect("utf-8");
+    let without_first_id = envelope.replacen("<Id>04l37000000L0E5AAK</Id>", "", 1);
+    assert_ne!(
+        without_first_id, envelope,
+        "the fixture's first notification id"
+    );
+    let resp = send_salesforce(&app, &format!("token={SALESFORCE_TOKEN}"), without_first_id).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.expect("body");
+    assert!(text.contains("<Ack>true</Ack>"), "{text}");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM conversions WHERE source = 'salesforce'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM ingest_failures \
+             WHERE code = 'missing_event_id' AND event_id IS NULL AND message LIKE 'event #0:%'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(count(&app, "SELECT events FROM raw_requests").await, 3);
+}
+
+/// The stored request keeps its query (the payload of GET callbacks, and part of what HubSpot
+/// signs) byte for byte, less the connector's token parameter.
+#[tokio::test]
+async fn the_stored_request_keeps_its_query_without_the_token() {
+    let app = spawn_app().await;
+    let query = format!("region=eu%2Dwest&token={SALESFORCE_TOKEN}&a=1+2");
+    let resp = send_salesforce(&app, &query, lead_envelope()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        stored_path(&app).await,
+        "/hooks/salesforce?region=eu%2Dwest&a=1+2"
+    );
+}
+
+/// A JSON source is told which event could not be decoded, and why; the request is stored.
+#[tokio::test]
+async fn a_signed_shopify_webhook_without_its_id_is_recorded_and_answered_with_the_reason() {
+    let app = spawn_app().await;
+    let body = fixture("derived/shopify_orders_paid.note_attribute_click_id.json");
+    let resp = app
+        .client
+        .post(format!("{}/hooks/shopify", app.address))
+        .header("content-type", "application/json")
+        .header("X-Shopify-Topic", "orders/paid")
+        .header("X-Shopify-Hmac-Sha256", shopify_signature(&body))
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let receipt: Value = resp.json().await.expect("json");
+    let event = &receipt["events"][0];
+    assert_eq!(event["status"], "unmapped", "{receipt}");
+    assert_eq!(event["reasons"][0]["code"], "missing_event_id", "{receipt}");
+    assert!(event.get("event_id").is_none(), "{receipt}");
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM raw_requests").await, 1);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM conversions").await, 0);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM ingest_failures WHERE code = 'missing_event_id'"
+        )
+        .await,
+        1
+    );
+}
+
 pub(crate) async fn count(app: &TestApp, sql: &str) -> i64 {
     let pool = app.pool().await;
     postgate::db!(&pool, p => {
@@ -318,22 +410,40 @@ pub(crate) async fn count(app: &TestApp, sql: &str) -> i64 {
     })
 }
 
+/// POSTs a Salesforce Outbound Message to `/hooks/salesforce?{query}`.
+async fn send_salesforce(
+    app: &TestApp,
+    query: &str,
+    envelope: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    app.client
+        .post(format!("{}/hooks/salesforce?{query}", app.address))
+        .header("content-type", "text/xml; charset=utf-8")
+        .body(envelope)
+        .send()
+        .await
+        .expect("post")
+}
+
+fn lead_envelope() -> Vec<u8> {
+    fixture("salesforce/outbound_message.lead.aspnet-webhooks.xml")
+}
+
+/// The `path` column (path and query) of the one stored raw request.
+async fn stored_path(app: &TestApp) -> String {
+    let pool = app.pool().await;
+    postgate::db!(&pool, p => {
+        sqlx::query_scalar("SELECT path FROM raw_requests")
+            .fetch_one(p)
+            .await
+            .expect("raw request")
+    })
+}
+
 #[tokio::test]
 async fn a_salesforce_envelope_with_three_notifications_is_three_events_and_a_soap_ack() {
     let app = spawn_app().await;
-    let resp = app
-        .client
-        .post(format!(
-            "{}/hooks/salesforce?token={SALESFORCE_TOKEN}",
-            app.address
-        ))
-        .header("content-type", "text/xml; charset=utf-8")
-        .body(fixture(
-            "salesforce/outbound_message.lead.aspnet-webhooks.xml",
-        ))
-        .send()
-        .await
-        .expect("post");
+    let resp = send_salesforce(&app, &format!("token={SALESFORCE_TOKEN}"), lead_envelope()).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let text = resp.text().await.expect("body");
     assert!(text.contains("<Ack>true</Ack>"), "{text}");
@@ -348,18 +458,7 @@ async fn a_salesforce_envelope_with_three_notifications_is_three_events_and_a_so
     );
     assert_eq!(count(&app, "SELECT events FROM raw_requests").await, 3);
 
-    let resp = app
-        .client
-        .post(format!(
-            "{}/hooks/salesforce?token=wrong-token-0123456789",
-            app.address
-        ))
-        .body(fixture(
-            "salesforce/outbound_message.lead.aspnet-webhooks.xml",
-        ))
-        .send()
-        .await
-        .expect("post");
+    let resp = send_salesforce(&app, "token=wrong-token-0123456789", lead_envelope()).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -429,4 +528,61 @@ async fn an_order_whose_amount_cannot_be_booked_is_recorded_with_its_reason() {
         1
     );
     assert_eq!(app.balance("affiliate:aff1:payable").await, 0);
+}
+
+/// Query-string sources call with GET (Adjust fills its placeholders into the URL); the
+/// event is credited like any other and the token stays out of the stored request.
+#[tokio::test]
+async fn an_adjust_get_callback_is_credited_to_its_click() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = crate::helpers::settings_for(&dir.path().join("postgate.db"));
+    settings.hooks.enabled.push(postgate::config::HookSpec {
+        connector: "adjust".into(),
+        advertiser: "acme".into(),
+    });
+    let token = "adjust-token-0123456789";
+    if let postgate::connector::Env::Fixed(env) = &mut settings.hooks.env {
+        env.insert("ADJUST_TOKEN".into(), token.into());
+    }
+    let app = crate::support::spawn_with(dir, settings).await;
+    let click = app.click("shoes", "aff1").await;
+    let created_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).timestamp();
+    let callback = || {
+        app.client
+            .get(format!(
+                "{}/hooks/adjust?token={token}&activity_kind=event&adid=4c0bbd7d8e1a\
+                 &created_at={created_at}&event_name=purchase&revenue=9.99&currency=EUR\
+                 &click_id={click}",
+                app.address
+            ))
+            .send()
+    };
+    let resp = callback().await.expect("get");
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Adjust is answered with its connector's fixed text.
+    assert_eq!(resp.text().await.expect("body"), "OK");
+    let credited = format!(
+        "SELECT COUNT(*) FROM conversions WHERE source = 'adjust' AND decision = 'accepted' \
+         AND click_id = '{click}' AND goal = 'purchase' AND amount_minor = 999 AND currency = 'EUR'"
+    );
+    assert_eq!(count(&app, &credited).await, 1);
+
+    let path = stored_path(&app).await;
+    assert!(
+        !path.contains(token) && path.contains("event_name=purchase"),
+        "{path}"
+    );
+
+    // The same callback again is a duplicate, not a second conversion.
+    let again = callback().await.expect("get");
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(count(&app, &credited).await, 1);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM conversions WHERE source = 'adjust' AND decision = 'accepted'"
+        )
+        .await,
+        1
+    );
 }

@@ -189,3 +189,89 @@ async fn the_admin_api_requires_the_bearer_token() {
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
     assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
 }
+
+/// Behind a proxy, the client controls all of `X-Forwarded-For` but the entry the proxy
+/// appends last; an advertiser's IP allow-list must be checked against that one.
+#[tokio::test]
+async fn a_forged_forwarded_for_entry_does_not_pass_an_ip_allow_list() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = crate::support::database_url(&dir.path().join("postgate.db"));
+    let config = crate::helpers::TEST_CONFIG
+        .replace(
+            "admin_token = \"test-admin-token\"",
+            "admin_token = \"test-admin-token\"\nclient_ip_header = \"X-Forwarded-For\"",
+        )
+        .replace(
+            "token = \"acme-secret-token\"",
+            "token = \"acme-secret-token\"\nallow_ips = [\"203.0.113.0/24\"]",
+        );
+    let mut settings = postgate::config::Settings::from_toml(
+        std::path::Path::new("test.toml"),
+        &config,
+        &move |name| (name == "TEST_DB_URL").then(|| url.clone()),
+    )
+    .expect("config");
+    settings.spool.dir = dir.path().join("spool");
+    settings.hooks = crate::helpers::settings_for(&dir.path().join("postgate.db")).hooks;
+    let app = crate::support::spawn_with(dir, settings).await;
+    let click = app.click("shoes", "aff1").await;
+    let postback = |forwarded: &'static str, txn: &'static str| {
+        app.client
+            .get(format!("{}/postback", app.address))
+            .header("X-Forwarded-For", forwarded)
+            .query(&[
+                ("token", ACME_TOKEN),
+                ("click_id", click.as_str()),
+                ("transaction_id", txn),
+            ])
+            .send()
+    };
+
+    // The allowed address forged on the left, the proxy's real view on the right.
+    let resp = postback("203.0.113.7, 198.51.100.9", "T-1")
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(code(&body), "ip_not_allowed");
+
+    let resp = postback("198.51.100.9, 203.0.113.7", "T-2")
+        .await
+        .expect("send");
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "accepted", "{body}");
+}
+
+/// Every connector and mapping file compiles at start-up, enabled or not: a broken file
+/// stops the gateway with its name and line now, not on the day someone enables it.
+#[tokio::test]
+async fn a_broken_connector_file_stops_start_up_even_when_not_enabled() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let connectors = dir.path().join("connectors");
+    std::fs::create_dir_all(&connectors).expect("dir");
+    for name in ["shopify", "salesforce", "stripe"] {
+        std::fs::copy(
+            format!("connectors/{name}.toml"),
+            connectors.join(format!("{name}.toml")),
+        )
+        .expect("copy");
+    }
+    let mut settings = crate::helpers::settings_for(&dir.path().join("postgate.db"));
+    settings.hooks.connectors_dir = connectors.clone();
+    let ok = postgate::startup::Application::build(&settings).await;
+    assert!(ok.is_ok(), "the enabled connectors alone start");
+    drop(ok);
+
+    std::fs::write(
+        connectors.join("unused.toml"),
+        "[body]\nformat = \"json\"\n[[auth]]\ntype = \"hmac\"\n",
+    )
+    .expect("write");
+    let Err(e) = postgate::startup::Application::build(&settings).await else {
+        panic!("a broken connector file must stop start-up");
+    };
+    let message = e.to_string();
+    assert!(message.contains("unused.toml:"), "{message}");
+}

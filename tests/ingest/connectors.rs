@@ -176,6 +176,41 @@ fn adjust_get_callback_decodes_the_query_string_with_custom_params() {
     );
 }
 
+/// During a rotation both tokens open the door; any other does not.
+#[test]
+fn two_tokens_during_a_rotation_both_verify() {
+    let c = inline(
+        r#"
+[body]
+format = "query"
+[[auth]]
+type = "token"
+query = "token"
+tokens = ["${OLD_TOKEN}", "${NEW_TOKEN}"]
+[event]
+type = { constant = "install" }
+id = { query = "id" }
+"#,
+        &[
+            ("OLD_TOKEN", "old-token-0123456789"),
+            ("NEW_TOKEN", "new-token-9876543210"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let with = |token: &str| {
+        req(
+            "GET",
+            &format!("/hooks/x?token={token}&id=1"),
+            &[],
+            "",
+            Utc::now(),
+        )
+    };
+    assert_eq!(code(c.verify(&with("old-token-0123456789"))), "ok");
+    assert_eq!(code(c.verify(&with("new-token-9876543210"))), "ok");
+    assert_eq!(code(c.verify(&with("new-token-987654321"))), "bad_token");
+}
+
 #[test]
 fn form_bodies_decode_and_repeated_keys_become_arrays() {
     let c = inline(

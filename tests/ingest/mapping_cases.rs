@@ -11,7 +11,8 @@ fn every_mapping_test_case_passes() {
         env: Env::ProcessOrPlaceholder,
         ..Default::default()
     };
-    let report = check(&crate::common::root(), &opts);
+    let root = crate::common::root();
+    let report = check(&postgate::mapping::check::Dirs::under(&root), &opts);
     let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
     assert!(
         errors.is_empty(),

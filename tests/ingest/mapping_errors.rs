@@ -88,6 +88,28 @@ fn an_event_type_without_mapping_is_unmapped_event() {
     assert!(err.to_string().contains("products/create"), "{err}");
 }
 
+/// When the event type matched but a filter kept the mapping out, the reason says which
+/// mapping and which filter, not only that nothing matched the type.
+#[test]
+fn an_event_kept_out_by_a_filter_names_the_mapping_and_its_filter() {
+    let text = HEAD.replace(
+        "[fields]",
+        "filter = \"$[?@.financial_status == 'paid']\"\n[fields]",
+    );
+    let set = set_of("shopify", &text).unwrap_or_else(|e| panic!("{e}"));
+    let ev = shopify_event(
+        "orders/paid",
+        fixture("shopify/orders_create.shopify-dev-2026-07.json"),
+    );
+    let err = set.map(&ev).err().unwrap_or_else(|| panic!("mapped"));
+    assert_eq!(err.code().as_str(), "unmapped_event");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("m.toml") && msg.contains("financial_status == 'paid'"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn a_lookup_miss_and_a_bad_currency_are_bad_values() {
     let ev = shopify_event(
@@ -343,7 +365,7 @@ fn postgate_check_reports_a_failing_case_and_a_broken_file_with_lines() {
         env: Env::ProcessOrPlaceholder,
         ..Default::default()
     };
-    let report = check(&dir, &opts);
+    let report = check(&postgate::mapping::check::Dirs::under(&dir), &opts);
     let errs: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
     assert_eq!(report.cases_run, 1);
     assert_eq!(errs.len(), 1, "{errs:?}");
@@ -357,10 +379,24 @@ fn postgate_check_reports_a_failing_case_and_a_broken_file_with_lines() {
         "[match]\nevent_type = [\"x\"]\n[fields]\nevent = 3\n",
     )
     .unwrap_or_default();
-    let report = check(&dir, &opts);
+    let report = check(&postgate::mapping::check::Dirs::under(&dir), &opts);
     let errs: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
     assert!(
         errs.iter().any(|e| e.contains("broken.toml:4:")),
+        "{errs:?}"
+    );
+    // A mapping without a test case is an error of its own.
+    std::fs::remove_file(dir.join("mappings/shopify/broken.toml")).unwrap_or_default();
+    std::fs::write(
+        dir.join("mappings/shopify/untested.toml"),
+        format!("{HEAD}transaction_id = {{ path = \"$.id\" }}\n"),
+    )
+    .unwrap_or_default();
+    let report = check(&postgate::mapping::check::Dirs::under(&dir), &opts);
+    let errs: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("untested.toml") && e.contains("no [[test]] case")),
         "{errs:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);

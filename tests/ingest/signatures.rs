@@ -536,3 +536,148 @@ id = { header = "X-Id" }
         "ok"
     );
 }
+
+/// One valid signed request per scheme and what breaking it must give: the signature header
+/// removed or empty is `missing_signature`; a signature cut to half its bytes, or any header
+/// the signed message is built from removed, is not `ok`.
+#[test]
+fn every_scheme_refuses_missing_empty_and_truncated_signatures() {
+    struct Case {
+        name: &'static str,
+        connector: postgate::connector::Connector,
+        request: postgate::connector::RawRequest,
+        signature_header: &'static str,
+        /// The signature value cut to half its bytes, in the header's own format.
+        truncated: String,
+        /// Other headers the signed message is built from.
+        message_headers: &'static [&'static str],
+    }
+    let half_b64 = |b64: &str| {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_default();
+        base64::engine::general_purpose::STANDARD.encode(&bytes[..bytes.len() / 2])
+    };
+
+    let github_sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    let woo_secret = "woocommerce-webhook-secret-1234";
+    let woo_body = fixture("woocommerce/order_created.rest-api-docs-v3.json");
+    let woo_sig = sign_b64(woo_secret.as_bytes(), &woo_body);
+    let v = json_fixture("standard_webhooks/test_vectors.json");
+    let g = &v["vectors"][0];
+    let sw_ts = g["timestamp"].as_i64().unwrap_or_default();
+    let sw_sig = s(g, "expected_signature_header").to_owned();
+    let mut sw_request = req("POST", "/", &[], s(g, "payload").to_string(), at(sw_ts));
+    sw_request.headers = vec![
+        ("webhook-id".into(), s(g, "msg_id").into()),
+        ("webhook-timestamp".into(), sw_ts.to_string()),
+        ("webhook-signature".into(), sw_sig.clone()),
+    ];
+    let hubspot_body = bytes::Bytes::from_static(b"[{\"eventId\":1}]");
+    let hubspot_sig = hubspot_v3(
+        "https://gw.example.com/hooks/hubspot",
+        hubspot_body.as_ref(),
+    );
+
+    let cases = vec![
+        Case {
+            name: "github",
+            connector: shipped(
+                "github",
+                &[("GITHUB_WEBHOOK_SECRET", "It's a Secret to Everybody")],
+                16,
+            ),
+            request: req(
+                "POST",
+                "/",
+                &[("X-Hub-Signature-256", github_sig)],
+                "Hello, World!",
+                Utc::now(),
+            ),
+            signature_header: "X-Hub-Signature-256",
+            truncated: github_sig[..github_sig.len() - 32].to_owned(),
+            message_headers: &[],
+        },
+        Case {
+            name: "woocommerce",
+            connector: shipped(
+                "woocommerce",
+                &[("WOOCOMMERCE_WEBHOOK_SECRET", woo_secret)],
+                16,
+            ),
+            request: req(
+                "POST",
+                "/",
+                &[("X-WC-Webhook-Signature", woo_sig.as_str())],
+                woo_body.clone(),
+                Utc::now(),
+            ),
+            signature_header: "X-WC-Webhook-Signature",
+            truncated: half_b64(&woo_sig),
+            message_headers: &[],
+        },
+        Case {
+            name: "standard-webhooks",
+            connector: shipped(
+                "standard-webhooks",
+                &[("STANDARD_WEBHOOKS_SECRET", s(g, "secret"))],
+                16,
+            ),
+            request: sw_request,
+            signature_header: "webhook-signature",
+            truncated: format!("v1,{}", half_b64(sw_sig.trim_start_matches("v1,"))),
+            message_headers: &["webhook-id", "webhook-timestamp"],
+        },
+        Case {
+            name: "hubspot",
+            connector: shipped("hubspot", HUBSPOT_VARS, 16),
+            request: hubspot_req("/hooks/hubspot", &hubspot_sig, &hubspot_body),
+            signature_header: "X-HubSpot-Signature-v3",
+            truncated: half_b64(&hubspot_sig),
+            message_headers: &["X-HubSpot-Request-Timestamp"],
+        },
+    ];
+
+    for case in cases {
+        let Case {
+            name,
+            connector,
+            request,
+            signature_header,
+            truncated,
+            message_headers,
+        } = case;
+        let check = |r: &postgate::connector::RawRequest| code(connector.check_signature(r));
+        let with_header = |header: &str, value: Option<&str>| {
+            let mut r = request.clone();
+            r.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(header));
+            if let Some(value) = value {
+                r.headers.push((header.to_owned(), value.to_owned()));
+            }
+            r
+        };
+        assert_eq!(check(&request), "ok", "{name}: the valid request");
+        assert_eq!(
+            check(&with_header(signature_header, None)),
+            "missing_signature",
+            "{name}: no signature header"
+        );
+        assert_eq!(
+            check(&with_header(signature_header, Some(""))),
+            "missing_signature",
+            "{name}: empty signature"
+        );
+        assert_eq!(
+            check(&with_header(signature_header, Some(&truncated))),
+            "bad_signature",
+            "{name}: truncated signature {truncated}"
+        );
+        for header in message_headers {
+            assert_ne!(
+                check(&with_header(header, None)),
+                "ok",
+                "{name}: without {header}"
+            );
+        }
+    }
+}
