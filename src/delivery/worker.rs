@@ -94,6 +94,9 @@ pub struct DeliveryContext {
     /// `outbound.concurrency`: attempts in flight in this process, whether apalis fetched
     /// them or the writer handed them over.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Counts each job apalis hands this process's worker and each of their attempts that
+    /// ends: the watchdog's sign of life (see [`stalled`]).
+    progress: std::sync::atomic::AtomicU64,
 }
 
 impl DeliveryContext {
@@ -128,6 +131,7 @@ impl DeliveryContext {
             clock: Arc::new(SystemClock),
             lease: settings.total_timeout + LEASE_MARGIN,
             slots: Arc::new(tokio::sync::Semaphore::new(settings.concurrency)),
+            progress: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -316,6 +320,9 @@ async fn supervise(
 ) {
     use std::sync::atomic::Ordering;
     let mut failures = 0u32;
+    // Longer than an attempt can take: a worker whose every slot waits on a slow endpoint
+    // still ends an attempt in each window.
+    let stall_window = ctx.lease.max(STALL_CHECK);
     loop {
         let failure = Arc::new(std::sync::Mutex::new(None::<String>));
         let monitor = monitor(&pool, &ctx, shape, Arc::clone(&failure));
@@ -327,7 +334,16 @@ async fn supervise(
             stop_requested = true;
             Ok(())
         };
-        let ended = monitor.run_with_signal(signal).await;
+        // A worker that stops fetching without failing (it never returns) would leave every
+        // queued delivery waiting for a restart of the gateway: the watchdog ends it.
+        let ended = tokio::select! {
+            ended = monitor.run_with_signal(signal) => ended.map_err(|e| e.to_string()),
+            overdue = stalled(&pool, &ctx, stall_window) => Err(format!(
+                "no job fetched or attempt ended in {} s while {overdue} jobs were overdue \
+                 by more than {STALL_OVERDUE_SECS} s",
+                stall_window.as_secs(),
+            )),
+        };
         health.running.store(false, Ordering::Relaxed);
         if stop_requested {
             match ended {
@@ -347,7 +363,7 @@ async fn supervise(
             .lock()
             .ok()
             .and_then(|mut f| f.take())
-            .or_else(|| ended.err().map(|e| e.to_string()))
+            .or_else(|| ended.err())
             .unwrap_or_else(|| "the worker ended".to_owned());
         tracing::warn!(
             error = %error,
@@ -362,6 +378,70 @@ async fn supervise(
             }
         }
     }
+}
+
+/// How often the watchdog looks at a running worker, at least (see [`stalled`]).
+const STALL_CHECK: Duration = Duration::from_secs(15);
+
+/// How long past due a pending job must be for the watchdog to count it. A live worker polls
+/// every `poll_interval_ms` and on each heartbeat, so a due job waits well under a second
+/// unless the worker is saturated, and a saturated worker is fetching.
+const STALL_OVERDUE_SECS: i64 = 30;
+
+/// Returns (with how many jobs were overdue) once a whole `every` passes in which apalis
+/// handed this worker no job and none of its attempts ended, while jobs of our queue were
+/// overdue by more than [`STALL_OVERDUE_SECS`]: the worker is alive to apalis but not
+/// working. (Handed-off attempts do not count: they go on while apalis is stuck.) A database
+/// that cannot answer is not a stall: the worker's own polls fail and restart it.
+async fn stalled(pool: &Pool, ctx: &DeliveryContext, every: Duration) -> u64 {
+    use std::sync::atomic::Ordering;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = ctx.progress.load(Ordering::Relaxed);
+    loop {
+        tick.tick().await;
+        let now = ctx.progress.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            continue;
+        }
+        match overdue_jobs(pool, STALL_OVERDUE_SECS).await {
+            Ok(0) => {}
+            Ok(overdue) => return overdue,
+            Err(e) => tracing::debug!(
+                error = %crate::store::writer::error_chain(&e),
+                "Watchdog could not count overdue jobs."
+            ),
+        }
+    }
+}
+
+/// Pending jobs of our queue due more than `secs` ago (apalis keeps `run_at` in seconds on
+/// SQLite, as a timestamp on PostgreSQL).
+async fn overdue_jobs(pool: &Pool, secs: i64) -> Result<u64, StoreError> {
+    let count: i64 = match pool {
+        Db::Sqlite(p) => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM Jobs WHERE job_type = $1 AND status = 'Pending'
+                    AND run_at < strftime('%s', 'now') - $2",
+            )
+            .bind(QUEUE)
+            .bind(secs)
+            .fetch_one(p)
+            .await?
+        }
+        Db::Postgres(p) => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending'
+                    AND run_at < now() - make_interval(secs => $2)",
+            )
+            .bind(QUEUE)
+            .bind(secs as f64)
+            .fetch_one(p)
+            .await?
+        }
+    };
+    Ok(count.unsigned_abs())
 }
 
 /// One apalis worker under a fresh name (apalis refuses a name whose row was seen within
@@ -497,9 +577,13 @@ async fn prune_finished(
 
 /// The apalis handler: one attempt.
 async fn deliver(job: DeliveryJob, ctx: Data<Arc<DeliveryContext>>) -> Result<(), BoxDynError> {
+    use std::sync::atomic::Ordering;
+    ctx.progress.fetch_add(1, Ordering::Relaxed);
     let _slot = Arc::clone(&ctx.slots).acquire_owned().await?;
     let send = async |request: &OutboundRequest| ctx.client.send(request).await;
-    match attempt(&job, &ctx, Origin::Queue, send).await {
+    let attempted = attempt(&job, &ctx, Origin::Queue, send).await;
+    ctx.progress.fetch_add(1, Ordering::Relaxed);
+    match attempted {
         Ok(()) => Ok(()),
         Err(e) => {
             tracing::warn!(

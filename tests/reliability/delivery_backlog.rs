@@ -101,9 +101,10 @@ async fn sample_until(
         }
         assert!(
             start.elapsed() < guard,
-            "{what}: not done after {} s: {report}; RSS MiB {}",
+            "{what}: not done after {} s: {report}; RSS MiB {}; the gateway's log:\n{}",
             guard.as_secs(),
-            range(&samples)
+            range(&samples),
+            gateway.log_tail()
         );
         if samples.len() % 40 == 0 {
             println!(

@@ -168,6 +168,19 @@ impl Gateway {
         self.start_again();
     }
 
+    /// The end of the gateway's log without its per-attempt lines: what a failing scenario
+    /// quotes to say what the gateway was doing.
+    pub fn log_tail(&self) -> String {
+        support::log_tail(
+            &self.config,
+            40,
+            &[
+                "Outbound postback attempt failed",
+                "Outbound postback delivered",
+            ],
+        )
+    }
+
     /// The running child's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

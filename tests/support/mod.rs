@@ -94,16 +94,40 @@ pub fn start_binary<K: AsRef<OsStr>, V: AsRef<OsStr>>(
             break rest.trim().parse().expect("port");
         }
     };
-    // TEST_LOG=1 shows the child's log; otherwise it is drained unread.
+    // TEST_LOG=1 shows the child's log; it is always kept in `postgate.log` beside the
+    // configuration (appended across restarts), for a failing test to quote (see [`log_tail`]).
     let echo = std::env::var_os("TEST_LOG").is_some();
+    let mut kept = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(config))
+        .expect("child log file");
     std::thread::spawn(move || {
+        use std::io::Write as _;
         for line in lines.map_while(Result::ok) {
+            let _ = writeln!(kept, "[postgate {port}] {line}");
             if echo {
                 eprintln!("[postgate {port}] {line}");
             }
         }
     });
     (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// Where [`start_binary`] keeps the log of the children started on `config`.
+pub fn log_path(config: &Path) -> std::path::PathBuf {
+    config.with_file_name("postgate.log")
+}
+
+/// The last `n` lines of the children's log (see [`log_path`]) that contain none of `skip`:
+/// what a failing test quotes to say what the gateway was doing.
+pub fn log_tail(config: &Path, n: usize, skip: &[&str]) -> String {
+    let text = std::fs::read_to_string(log_path(config)).unwrap_or_default();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !skip.iter().any(|s| l.contains(s)))
+        .collect();
+    kept[kept.len().saturating_sub(n)..].join("\n")
 }
 
 /// Set to a PostgreSQL server URL (e.g. `postgres://postgres@127.0.0.1:5432/test`) to run

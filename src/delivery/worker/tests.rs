@@ -722,6 +722,63 @@ async fn finished_jobs_are_pruned_in_chunks_and_nothing_else_goes() {
 }
 
 #[tokio::test]
+async fn the_watchdog_fires_only_when_overdue_jobs_wait_and_nothing_is_fetched() {
+    let rig = Rig::new().await;
+    let now = Utc::now().timestamp();
+    let insert = async |job_type: &str, status: &str, due_ago: i64| {
+        sqlx::query(
+            "INSERT INTO Jobs (job, id, job_type, status, run_at) VALUES (x'7b7d', $1, $2, $3, $4)",
+        )
+        .bind(ulid::Ulid::generate().to_string())
+        .bind(job_type)
+        .bind(status)
+        .bind(now - due_ago)
+        .execute(&rig.pool)
+        .await
+        .expect("job");
+    };
+    let every = Duration::from_millis(50);
+    let quiet = Duration::from_millis(400);
+
+    // Due, but not long enough to be a sign of anything; other queues and finished jobs
+    // are not ours to wait for.
+    insert(QUEUE, "Pending", 5).await;
+    insert(QUEUE, "Done", 600).await;
+    insert("another-queue", "Pending", 600).await;
+    assert!(
+        tokio::time::timeout(quiet, stalled(&rig.ctx.pool, &rig.ctx, every))
+            .await
+            .is_err(),
+        "nothing overdue: no stall"
+    );
+
+    // Overdue jobs while the worker keeps fetching: busy, not stalled.
+    insert(QUEUE, "Pending", 60).await;
+    insert(QUEUE, "Pending", 3_600).await;
+    let fetching = async {
+        loop {
+            rig.ctx
+                .progress
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        overdue = stalled(&rig.ctx.pool, &rig.ctx, every) => {
+            panic!("a fetching worker was called stalled ({overdue} overdue)")
+        }
+        () = fetching => unreachable!("fetches forever"),
+        () = tokio::time::sleep(quiet) => {}
+    }
+
+    // The same jobs with nothing fetched: stalled, and it says how many wait.
+    let overdue = tokio::time::timeout(quiet, stalled(&rig.ctx.pool, &rig.ctx, every))
+        .await
+        .expect("a worker that fetches nothing while jobs are overdue is stalled");
+    assert_eq!(overdue, 2);
+}
+
+#[tokio::test]
 async fn outcomes_recorded_together_each_get_their_own_answer() {
     each_outcome_gets_its_own_answer(Rig::new().await).await;
 }
