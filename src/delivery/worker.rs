@@ -325,7 +325,8 @@ async fn supervise(
     let stall_window = ctx.lease.max(STALL_CHECK);
     loop {
         let failure = Arc::new(std::sync::Mutex::new(None::<String>));
-        let monitor = monitor(&pool, &ctx, shape, Arc::clone(&failure));
+        let name = format!("outbound-{}-{}", std::process::id(), ulid::Ulid::generate());
+        let monitor = monitor(&pool, &ctx, shape, name.clone(), Arc::clone(&failure));
         let started = std::time::Instant::now();
         let mut stop_requested = false;
         health.running.store(true, Ordering::Relaxed);
@@ -340,8 +341,9 @@ async fn supervise(
             ended = monitor.run_with_signal(signal) => ended.map_err(|e| e.to_string()),
             overdue = stalled(&pool, &ctx, stall_window) => Err(format!(
                 "no job fetched or attempt ended in {} s while {overdue} jobs were overdue \
-                 by more than {STALL_OVERDUE_SECS} s",
+                 by more than {STALL_OVERDUE_SECS} s; its last heartbeat: {}",
                 stall_window.as_secs(),
+                last_heartbeat(&pool, &name).await,
             )),
         };
         health.running.store(false, Ordering::Relaxed);
@@ -444,12 +446,42 @@ async fn overdue_jobs(pool: &Pool, secs: i64) -> Result<u64, StoreError> {
     Ok(count.unsigned_abs())
 }
 
-/// One apalis worker under a fresh name (apalis refuses a name whose row was seen within
-/// a heartbeat). A failure is recorded in `failure` and ends the monitor.
+/// How long ago the worker `name` last told apalis it was alive, as a phrase for the log (a
+/// stalled worker that also stopped beating is stuck inside apalis, not in an attempt).
+async fn last_heartbeat(pool: &Pool, name: &str) -> String {
+    let age: Result<Option<i64>, sqlx::Error> = match pool {
+        Db::Sqlite(p) => {
+            sqlx::query_scalar(
+                "SELECT strftime('%s', 'now') - last_seen FROM Workers WHERE id = $1",
+            )
+            .bind(name)
+            .fetch_optional(p)
+            .await
+        }
+        Db::Postgres(p) => {
+            sqlx::query_scalar(
+                "SELECT CAST(EXTRACT(EPOCH FROM now() - last_seen) AS BIGINT)
+                 FROM apalis.workers WHERE id = $1",
+            )
+            .bind(name)
+            .fetch_optional(p)
+            .await
+        }
+    };
+    match age {
+        Ok(Some(secs)) => format!("{secs} s ago"),
+        Ok(None) => "never".to_owned(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// One apalis worker named `name` (fresh each time: apalis refuses a name whose row was
+/// seen within a heartbeat). A failure is recorded in `failure` and ends the monitor.
 fn monitor(
     pool: &Pool,
     ctx: &Arc<DeliveryContext>,
     shape: Shape,
+    name: String,
     failure: Arc<std::sync::Mutex<Option<String>>>,
 ) -> Monitor {
     let Shape { concurrency, poll } = shape;
@@ -457,7 +489,6 @@ fn monitor(
     // it), and a dead worker's jobs are reaped after a few missed beats.
     let heartbeat = Duration::from_secs(1);
     let batch = concurrency.min(100);
-    let name = format!("outbound-{}-{}", std::process::id(), ulid::Ulid::generate());
     let ctx = Arc::clone(ctx);
     let monitor = match pool.clone() {
         Db::Sqlite(pool) => Monitor::new().register(move |_restarts| {

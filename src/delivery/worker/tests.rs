@@ -776,6 +776,19 @@ async fn the_watchdog_fires_only_when_overdue_jobs_wait_and_nothing_is_fetched()
         .await
         .expect("a worker that fetches nothing while jobs are overdue is stalled");
     assert_eq!(overdue, 2);
+
+    // The restart's log line says when the stuck worker last beat.
+    sqlx::query(
+        "INSERT INTO Workers (id, worker_type, storage_name, last_seen) VALUES ('w1', $1, 's', $2)",
+    )
+    .bind(QUEUE)
+    .bind(Utc::now().timestamp() - 42)
+    .execute(&rig.pool)
+    .await
+    .expect("worker");
+    let said = last_heartbeat(&rig.ctx.pool, "w1").await;
+    assert!(said == "42 s ago" || said == "43 s ago", "{said}");
+    assert_eq!(last_heartbeat(&rig.ctx.pool, "w2").await, "never");
 }
 
 #[tokio::test]
