@@ -499,7 +499,7 @@ fn monitor(
                     .heartbeat_interval(heartbeat),
             );
             WorkerBuilder::new(name.clone())
-                .backend(storage.poll_with_interval(poll))
+                .backend(storage.poll_with_strategy(Ticker::new(poll)))
                 .data(ctx.clone())
                 .concurrency(concurrency)
                 .build(deliver)
@@ -513,7 +513,7 @@ fn monitor(
                     .missed_heartbeats(5),
             );
             WorkerBuilder::new(name.clone())
-                .backend(storage.poll_with_interval(poll))
+                .backend(storage.poll_with_strategy(Ticker::new(poll)))
                 .data(ctx.clone())
                 .concurrency(concurrency)
                 .build(deliver)
@@ -527,6 +527,50 @@ fn monitor(
             false
         })
         .shutdown_timeout(Duration::from_secs(20))
+}
+
+/// When the worker polls its job table: every `period`, like apalis' `poll_with_interval`,
+/// but with the next tick always armed. apalis 1.0's `IntervalStrategy` replaces a fired
+/// timer without polling the new one, so nothing will wake the worker from it; when the
+/// worker's heartbeat timer also fired during that fetch (its wake-up spent on a poll that
+/// does not look at it), the worker is never woken again: no heartbeat, no fetch, no error.
+/// Observed in CI on PostgreSQL (`docs/RELIABILITY.md`). Here a fired tick re-arms and polls
+/// its timer, so the worker always has a wake-up coming.
+struct Ticker {
+    period: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Ticker {
+    fn new(period: Duration) -> Self {
+        Ticker {
+            period,
+            timer: None,
+        }
+    }
+}
+
+impl PollStrategy for Ticker {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let period = self.period;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(period)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        timer.as_mut().reset(tokio::time::Instant::now() + period);
+        // Registers the waker for the new deadline (pending: it is in the future), whatever
+        // the timer kept from the one that fired.
+        let _ = timer.as_mut().poll(cx);
+        Poll::Ready(Some(()))
+    }
 }
 
 /// How long finished jobs stay in apalis' table. Our own attempt log is the record; the

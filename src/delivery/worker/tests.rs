@@ -888,3 +888,44 @@ async fn a_queued_copy_of_an_attempt_in_flight_looks_again_later_a_handed_off_on
     );
     drop(in_flight);
 }
+
+/// Counts wake-ups.
+#[derive(Default)]
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl futures_util::task::ArcWake for Wakes {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Polls `strategy` with a counting waker until a tick fires, then waits ten periods without
+/// polling it again; returns how often the worker was woken meanwhile.
+async fn wakes_after_a_tick(strategy: &mut impl PollStrategy, period: Duration) -> usize {
+    let wakes = Arc::new(Wakes::default());
+    let waker = futures_util::task::waker(Arc::clone(&wakes));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let snapshot = PollSnapshot::default();
+    while strategy.poll_drive(&mut cx, &snapshot).is_pending() {
+        tokio::time::sleep(period / 4).await;
+    }
+    let before = wakes.0.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(period * 10).await;
+    wakes.0.load(std::sync::atomic::Ordering::SeqCst) - before
+}
+
+#[tokio::test]
+async fn a_fired_poll_tick_arms_the_next_one() {
+    let period = Duration::from_millis(20);
+    assert!(
+        wakes_after_a_tick(&mut Ticker::new(period), period).await >= 1,
+        "after a tick the worker must be woken for the next poll without asking again"
+    );
+    // What the Ticker replaces: apalis' interval strategy wakes nobody after a tick, which
+    // froze the worker when its heartbeat's wake-up had been spent too.
+    assert_eq!(
+        wakes_after_a_tick(&mut IntervalStrategy::new(period), period).await,
+        0,
+        "apalis' IntervalStrategy re-arms its timer now: Ticker may be unnecessary"
+    );
+}
