@@ -485,8 +485,9 @@ fn monitor(
     failure: Arc<std::sync::Mutex<Option<String>>>,
 ) -> Monitor {
     let Shape { concurrency, poll } = shape;
-    // Short: an idle worker also re-polls on its heartbeat (observed: due retries waited for
-    // it), and a dead worker's jobs are reaped after a few missed beats.
+    // Short: a dead worker's jobs are reaped after a few missed beats. (With apalis' own
+    // interval strategy an idle worker often re-polled only on its heartbeat — due retries
+    // waited for it — the first sign of the lost wake-up that [`Ticker`] fixes.)
     let heartbeat = Duration::from_secs(1);
     let batch = concurrency.min(100);
     let ctx = Arc::clone(ctx);
