@@ -62,6 +62,11 @@ pub struct Money {
     pub currency: Currency,
 }
 
+/// The largest amount postgate takes, in minor units: 10 000 000 000 000 (100 billion USD,
+/// 10 trillion JPY). Far beyond any real conversion, and small enough that sums of amounts
+/// stay exact in 64-bit integers for hundreds of thousands of maximal ones.
+pub const MAX_MINOR: i64 = 10_000_000_000_000;
+
 /// Why an amount could not be represented exactly.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AmountError {
@@ -75,7 +80,7 @@ pub enum AmountError {
     },
     #[error("amount {0} is negative")]
     Negative(String),
-    #[error("amount {0} is too large")]
+    #[error("amount {0} is too large (at most {MAX_MINOR} minor units)")]
     Overflow(String),
 }
 
@@ -126,7 +131,7 @@ impl Money {
                 exponent,
             });
         }
-        let minor = i64::try_from(scaled).map_err(|_| AmountError::Overflow(value.to_string()))?;
+        let minor = within_limit(scaled, value)?;
         Ok(Self { minor, currency })
     }
 
@@ -160,9 +165,18 @@ impl Money {
         let scaled = rounded
             .checked_mul(Decimal::from(10i64.pow(currency.exponent())))
             .ok_or_else(|| AmountError::Overflow(value.to_string()))?;
-        let minor = i64::try_from(scaled).map_err(|_| AmountError::Overflow(value.to_string()))?;
+        let minor = within_limit(scaled, value)?;
         Ok(Self { minor, currency })
     }
+}
+
+/// `scaled` (minor units) as an integer, if it is at most [`MAX_MINOR`] either way; `value`
+/// names the amount in the error.
+fn within_limit(scaled: Decimal, value: Decimal) -> Result<i64, AmountError> {
+    i64::try_from(scaled)
+        .ok()
+        .filter(|minor| minor.unsigned_abs() <= MAX_MINOR.unsigned_abs())
+        .ok_or_else(|| AmountError::Overflow(value.to_string()))
 }
 
 impl fmt::Display for Money {
@@ -220,6 +234,32 @@ mod tests {
             Err(AmountError::Negative(_))
         ));
         assert!(Money::parse("99999999999999999999", cur("USD")).is_err());
+    }
+
+    #[test]
+    fn amounts_past_the_limit_are_refused_in_every_currency_and_conversion() {
+        assert_eq!(
+            Money::parse("100000000000.00", cur("USD")).map(|m| m.minor),
+            Ok(MAX_MINOR)
+        );
+        assert!(matches!(
+            Money::parse("100000000000.01", cur("USD")),
+            Err(AmountError::Overflow(_))
+        ));
+        assert!(matches!(
+            Money::parse("10000000000001", cur("JPY")),
+            Err(AmountError::Overflow(_))
+        ));
+        assert!(matches!(
+            Money::parse("92233720368547758.07", cur("USD")),
+            Err(AmountError::Overflow(_))
+        ));
+        // Within the limit in USD, past it once converted to yen.
+        let usd = Money::parse("100000000000", cur("USD")).expect("usd");
+        assert!(matches!(
+            usd.convert(cur("JPY"), Decimal::from(150)),
+            Err(AmountError::Overflow(_))
+        ));
     }
 
     #[test]

@@ -217,24 +217,38 @@ pub struct Balance {
     pub currency: String,
     /// Exact decimal string in major units, e.g. "15.00".
     pub amount: String,
-    pub amount_minor: i64,
+    /// The same in minor units. Wider than one posting: a sum of many.
+    pub amount_minor: i128,
 }
 
 /// All balances, derived from the postings.
+///
+/// A sum of 64-bit postings can leave 64 bits (SQLite stops with "integer overflow", and
+/// PostgreSQL's cast back to BIGINT fails), so each amount is summed in two parts — its
+/// billions and its remainder, each far from overflowing — and joined exactly in 128 bits.
 pub async fn balances(conn: &mut Conn<'_>) -> Result<Vec<Balance>, StoreError> {
-    let rows: Vec<(String, String, i64)> = crate::db!(conn, c => {
+    let rows: Vec<(String, String, i64, i64)> = crate::db!(conn, c => {
         sqlx::query_as(
-            "SELECT account, currency, CAST(SUM(amount_minor) AS BIGINT) AS total
+            "SELECT account, currency,
+                CAST(SUM(amount_minor / 1000000000) AS BIGINT) AS high,
+                CAST(SUM(amount_minor % 1000000000) AS BIGINT) AS low
              FROM ledger_postings GROUP BY account, currency ORDER BY account, currency",
         )
         .fetch_all(&mut **c)
         .await?
     });
     rows.into_iter()
-        .map(|(account, currency, total)| {
+        .map(|(account, currency, high, low)| {
+            // Both backends divide toward zero and give the remainder the dividend's sign.
+            let total = i128::from(high) * 1_000_000_000 + i128::from(low);
             let amount = Currency::parse(&currency)
-                .map(|c| Money::from_minor(total, c).to_decimal().to_string())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    rust_decimal::Decimal::try_from_i128_with_scale(total, c.exponent())
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(StoreError::Corrupt)?
+                .to_string();
             Ok(Balance {
                 account,
                 currency,

@@ -150,3 +150,85 @@ async fn foreign_currencies_convert_exactly_with_the_rate_stored() {
         "everything is booked in the network currency"
     );
 }
+
+#[tokio::test]
+async fn an_amount_over_the_limit_is_refused_and_one_at_it_is_taken() {
+    let app = spawn_app().await;
+    let click = app.click("shoes", "aff1").await;
+    let (status, body) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &click),
+            ("payout", "100000000000.01"),
+            ("transaction_id", "HUGE"),
+        ])
+        .await;
+    assert_eq!(status.as_u16(), 400, "{body}");
+    assert_eq!(crate::helpers::code(&body), "invalid_amount", "{body}");
+    assert!(
+        body["reasons"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too large")),
+        "{body}"
+    );
+    let (_, body) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &click),
+            ("payout", "100000000000.00"),
+            ("transaction_id", "MAX"),
+        ])
+        .await;
+    assert_eq!(body["status"], "accepted", "{body}");
+    assert_eq!(
+        app.balance("advertiser:acme:receivable").await,
+        10_000_000_000_000
+    );
+}
+
+#[tokio::test]
+async fn balances_past_64_bits_are_exact() {
+    let app = spawn_app().await;
+    for aff in ["aff1", "aff2"] {
+        let click = app.click("shoes", aff).await;
+        let (_, body) = app
+            .postback(&[
+                ("token", ACME_TOKEN),
+                ("click_id", &click),
+                ("payout", "100.00"),
+            ])
+            .await;
+        assert_eq!(body["status"], "accepted", "{body}");
+    }
+    // Postings as large as 64 bits allow (from before the amount limit, or many of them):
+    // each conversion bills 2^62 and keeps its 15.00 payout, so the receivable is 2^63.
+    let pool = app.pool().await;
+    postgate::db!(&pool, p => {
+        sqlx::query(
+            "UPDATE ledger_postings SET amount_minor = CASE account
+                WHEN 'advertiser:acme:receivable' THEN 4611686018427387904
+                WHEN 'network:margin' THEN 1500 - 4611686018427387904
+                ELSE amount_minor END",
+        )
+        .execute(p)
+        .await
+        .expect("large postings");
+    });
+    let (status, body) = app.admin_get("/api/v1/ledger/balances").await;
+    assert_eq!(status.as_u16(), 200, "{body}");
+    let of = |account: &str| {
+        body["balances"]
+            .as_array()
+            .expect("balances")
+            .iter()
+            .find(|b| b["account"] == account)
+            .unwrap_or_else(|| panic!("{account} in {body}"))
+            .clone()
+    };
+    let receivable = of("advertiser:acme:receivable");
+    assert_eq!(receivable["amount"], "92233720368547758.08", "{receivable}");
+    assert_eq!(receivable["amount_minor"].as_u64(), Some(1 << 63));
+    let margin = of("network:margin");
+    assert_eq!(margin["amount"], "-92233720368547728.08", "{margin}");
+    assert_eq!(margin["amount_minor"].as_i64(), Some(i64::MIN + 3000));
+}
