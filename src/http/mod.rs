@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, to_bytes};
+use axum::body::to_bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -173,7 +173,7 @@ async fn postback(State(state): State<AppState>, req: Request) -> Result<Respons
     if req.method() == Method::POST {
         let content_type =
             header_text(req.headers(), header::CONTENT_TYPE, 200).unwrap_or_default();
-        let body = read_body(req.into_body(), state.max_body_bytes).await?;
+        let body = read_body(req, state.max_body_bytes).await?;
         params.merge(body_params(&content_type, &body)?);
     }
     Ok(match state.pipeline.postback(&params, ip).await? {
@@ -205,7 +205,7 @@ async fn hook(
         })
         .collect();
     // Signatures are computed over the raw bytes: the body is kept exactly as received.
-    let body = read_body(req.into_body(), state.max_body_bytes).await?;
+    let body = read_body(req, state.max_body_bytes).await?;
     let raw = crate::connector::RawRequest {
         method,
         path_and_query,
@@ -227,16 +227,45 @@ async fn hook(
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
+/// How long a request's body may take to arrive, in all: a client that stops sending gets a
+/// 408 before the 30 s request timeout would answer 503 for it.
+const BODY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The request's body, at most `limit` bytes. A `Content-Length` over the limit is refused
+/// before anything is read (nor is a `100 Continue` sent for it).
+async fn read_body(req: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ReasonCode::PayloadTooLarge,
+            format!("request body exceeds {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let read = tokio::time::timeout(BODY_TIMEOUT, to_bytes(req.into_body(), limit))
+        .await
+        .map_err(|_| {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ReasonCode::PayloadTooLarge,
-                format!("request body exceeds {limit} bytes"),
+                StatusCode::REQUEST_TIMEOUT,
+                ReasonCode::RequestTimeout,
+                format!(
+                    "request body not received within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
             )
+        })?;
+    read.map_err(|e| {
+        let over = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over {
+            too_large()
         } else {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

@@ -171,6 +171,67 @@ async fn oversized_bodies_get_413_and_unknown_media_types_415() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
 
+/// Sends `head` (request line and headers) and `body` on a raw connection, keeps it open
+/// without sending more, and returns the status line of the answer and its body.
+async fn raw_exchange(address: &str, head: &str, body: &[u8]) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(body).await.expect("body");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer's headers and JSON body, however the server frames them; a server that never
+    // answers fails the test instead of hanging it.
+    let read = async {
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            if n == 0 || text.contains("\r\n\r\n{") && text.trim_end().ends_with('}') {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .expect("an answer within 60 s");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_declared_oversized_body_is_refused_before_it_is_sent() {
+    let app = spawn_app().await;
+    // 5 MB announced, none of it sent: answered at once on the header alone (waiting for the
+    // body would end in a 408 after the body timeout instead).
+    let (status, body) = raw_exchange(
+        &app.address,
+        "POST /postback HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert!(status.contains(" 413 "), "{status} {body}");
+    assert!(body.contains("payload_too_large"), "{body}");
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408_not_a_5xx() {
+    let app = spawn_app().await;
+    let (status, body) = raw_exchange(
+        &app.address,
+        "POST /postback HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: 500\r\n\r\n",
+        b"token=acme",
+    )
+    .await;
+    assert!(status.contains(" 408 "), "{status} {body}");
+    assert!(body.contains("request_timeout"), "{body}");
+}
+
 #[tokio::test]
 async fn the_admin_api_requires_the_bearer_token() {
     let app = spawn_app().await;
