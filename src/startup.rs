@@ -170,11 +170,8 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         tracing::info!(port = self.port, "Listening.");
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        crate::http::serve::serve(self.listener, router(self.state), shutdown).await?;
         // What is still spooled waits on disk for the next start.
         if let Some((stop, task)) = self.drainer {
             let _ = stop.send(());

@@ -6,6 +6,7 @@
 //! string of `/postback` holds the advertiser's token and must never reach a log.
 
 mod error;
+pub mod serve;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

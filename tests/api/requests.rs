@@ -336,3 +336,38 @@ async fn a_broken_connector_file_stops_start_up_even_when_not_enabled() {
     let message = e.to_string();
     assert!(message.contains("unused.toml:"), "{message}");
 }
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let addr = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .expect("partial head");
+    // The server gives up on the headers (`http::serve::HEADER_READ_TIMEOUT`) and closes the
+    // connection; before, it held it open for as long as the client liked.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        postgate::http::serve::HEADER_READ_TIMEOUT * 4,
+        stream.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "still open after {:?}",
+        postgate::http::serve::HEADER_READ_TIMEOUT * 4
+    );
+    // A complete request on a new connection is answered as before.
+    let resp = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
