@@ -131,6 +131,9 @@ pub struct ServerSettings {
     /// of a comma-separated list the last entry, the one the proxy appended, is used.
     pub client_ip_header: Option<String>,
     pub max_body_bytes: usize,
+    /// How long a client has to send a request's line and headers; also how long an idle
+    /// kept-alive connection stays open (`header_timeout_secs`, default 75).
+    pub header_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -386,6 +389,7 @@ struct RawServer {
     admin_token: Option<String>,
     client_ip_header: Option<String>,
     max_body_bytes: Option<usize>,
+    header_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -666,6 +670,9 @@ fn validate(
         admin_token,
         client_ip_header: raw.server.client_ip_header.map(|h| h.to_ascii_lowercase()),
         max_body_bytes: raw.server.max_body_bytes.unwrap_or(1024 * 1024),
+        header_timeout: std::time::Duration::from_secs(
+            raw.server.header_timeout_secs.unwrap_or(75).max(1),
+        ),
     };
 
     let network_code = raw.network.currency.unwrap_or_else(|| "USD".to_owned());
@@ -1274,6 +1281,18 @@ mod tests {
         assert_eq!(settings.offers[0].min_lag_seconds, 1);
         assert_eq!(settings.offers[0].window_seconds, 30 * 86_400);
         assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            settings.server.header_timeout,
+            std::time::Duration::from_secs(75),
+            "the default, above common load balancers' idle timeouts"
+        );
+        let with_five = text.replace("# header_timeout_secs = 75", "header_timeout_secs = 5");
+        let five = Settings::from_toml(Path::new("postgate.toml"), &with_five, &|_| None)
+            .expect("with a header timeout");
+        assert_eq!(
+            five.server.header_timeout,
+            std::time::Duration::from_secs(5)
+        );
 
         // The demo affiliate's postback: the default URL, or the environment's.
         let values = crate::outbound::PostbackValues {

@@ -43,6 +43,7 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    header_timeout: std::time::Duration,
     state: AppState,
     writer_task: tokio::task::JoinHandle<()>,
     checkpoint_task: Option<tokio::task::JoinHandle<()>>,
@@ -152,6 +153,7 @@ impl Application {
         Ok(Self {
             listener,
             port,
+            header_timeout: settings.server.header_timeout,
             state,
             writer_task,
             checkpoint_task,
@@ -171,7 +173,13 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(port = self.port, "Listening.");
-        crate::http::serve::serve(self.listener, router(self.state), shutdown).await?;
+        crate::http::serve::serve(
+            self.listener,
+            router(self.state),
+            self.header_timeout,
+            shutdown,
+        )
+        .await?;
         // What is still spooled waits on disk for the next start.
         if let Some((stop, task)) = self.drainer {
             let _ = stop.send(());

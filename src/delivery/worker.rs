@@ -94,8 +94,8 @@ pub struct DeliveryContext {
     /// `outbound.concurrency`: attempts in flight in this process, whether apalis fetched
     /// them or the writer handed them over.
     slots: Arc<tokio::sync::Semaphore>,
-    /// Counts each job apalis hands this process's worker and each of their attempts that
-    /// ends: the watchdog's sign of life (see [`stalled`]).
+    /// Counts each job apalis hands this process's worker, each slot one of them takes and
+    /// each of their attempts that ends: the watchdog's sign of life (see [`stalled`]).
     progress: std::sync::atomic::AtomicU64,
 }
 
@@ -320,32 +320,40 @@ async fn supervise(
 ) {
     use std::sync::atomic::Ordering;
     let mut failures = 0u32;
-    // Longer than an attempt can take: a worker whose every slot waits on a slow endpoint
-    // still ends an attempt in each window.
-    let stall_window = ctx.lease.max(STALL_CHECK);
+    // A busy worker counts progress at least once per attempt's length (its total timeout
+    // plus recording): taking a slot and ending an attempt both count. Twice the lease leaves
+    // room for a slot that waited on another slow attempt first.
+    let stall_window = (ctx.lease * 2).max(STALL_CHECK);
     loop {
         let failure = Arc::new(std::sync::Mutex::new(None::<String>));
         let name = format!("outbound-{}-{}", std::process::id(), ulid::Ulid::generate());
         let monitor = monitor(&pool, &ctx, shape, name.clone(), Arc::clone(&failure));
         let started = std::time::Instant::now();
         let mut stop_requested = false;
+        let mut stall = None::<String>;
         health.running.store(true, Ordering::Relaxed);
+        // The worker stops gracefully (attempts in flight finish and are recorded, within the
+        // monitor's shutdown timeout) when the gateway stops, or when the watchdog finds it
+        // stalled: a worker that stops fetching without failing never returns by itself, and
+        // every queued delivery would wait for a restart of the gateway.
         let signal = async {
-            let _ = (&mut stopped).await;
-            stop_requested = true;
+            tokio::select! {
+                _ = &mut stopped => stop_requested = true,
+                overdue = stalled(&pool, &ctx, stall_window) => {
+                    stall = Some(format!(
+                        "no job fetched or attempt ended in {} s while {overdue} jobs were \
+                         overdue by more than {STALL_OVERDUE_SECS} s; its last heartbeat: {}",
+                        stall_window.as_secs(),
+                        last_heartbeat(&pool, &name).await,
+                    ));
+                }
+            }
             Ok(())
         };
-        // A worker that stops fetching without failing (it never returns) would leave every
-        // queued delivery waiting for a restart of the gateway: the watchdog ends it.
-        let ended = tokio::select! {
-            ended = monitor.run_with_signal(signal) => ended.map_err(|e| e.to_string()),
-            overdue = stalled(&pool, &ctx, stall_window) => Err(format!(
-                "no job fetched or attempt ended in {} s while {overdue} jobs were overdue \
-                 by more than {STALL_OVERDUE_SECS} s; its last heartbeat: {}",
-                stall_window.as_secs(),
-                last_heartbeat(&pool, &name).await,
-            )),
-        };
+        let ended = monitor
+            .run_with_signal(signal)
+            .await
+            .map_err(|e| e.to_string());
         health.running.store(false, Ordering::Relaxed);
         if stop_requested {
             match ended {
@@ -365,6 +373,7 @@ async fn supervise(
             .lock()
             .ok()
             .and_then(|mut f| f.take())
+            .or(stall)
             .or_else(|| ended.err())
             .unwrap_or_else(|| "the worker ended".to_owned());
         tracing::warn!(
@@ -656,6 +665,7 @@ async fn deliver(job: DeliveryJob, ctx: Data<Arc<DeliveryContext>>) -> Result<()
     use std::sync::atomic::Ordering;
     ctx.progress.fetch_add(1, Ordering::Relaxed);
     let _slot = Arc::clone(&ctx.slots).acquire_owned().await?;
+    ctx.progress.fetch_add(1, Ordering::Relaxed);
     let send = async |request: &OutboundRequest| ctx.client.send(request).await;
     let attempted = attempt(&job, &ctx, Origin::Queue, send).await;
     ctx.progress.fetch_add(1, Ordering::Relaxed);

@@ -18,24 +18,25 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
-/// How long a client has to send a request's line and headers, counted from when the
-/// server starts waiting for them: on a kept-alive connection from the previous answer, so
-/// this is also how long an idle connection stays open. Webhook senders and postback
-/// servers send a request's head in one packet.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, lets each
 /// connection finish the request it is in, and returns once all are closed.
+///
+/// `header_timeout` is how long a client has to send a request's line and headers, counted
+/// from when the server starts waiting for them: on a kept-alive connection from the previous
+/// answer, so it is also how long an idle connection stays open. It must outlast the idle
+/// timeout of a load balancer in front (AWS ALB 60 s, nginx `keepalive_timeout` 75 s), or the
+/// balancer may reuse a connection the gateway is closing.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_timeout);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

@@ -84,16 +84,7 @@ pub fn start_binary<K: AsRef<OsStr>, V: AsRef<OsStr>>(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn postgate");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let port: u16 = loop {
-        let line = lines
-            .next()
-            .expect("postgate exited before listening")
-            .expect("read");
-        if let Some(rest) = line.split("Listening. port=").nth(1) {
-            break rest.trim().parse().expect("port");
-        }
-    };
+    use std::io::Write as _;
     // TEST_LOG=1 shows the child's log; it is always kept in `postgate.log` beside the
     // configuration (appended across restarts), for a failing test to quote (see [`log_tail`]).
     let echo = std::env::var_os("TEST_LOG").is_some();
@@ -102,8 +93,18 @@ pub fn start_binary<K: AsRef<OsStr>, V: AsRef<OsStr>>(
         .append(true)
         .open(log_path(config))
         .expect("child log file");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let port: u16 = loop {
+        let line = lines
+            .next()
+            .expect("postgate exited before listening")
+            .expect("read");
+        let _ = writeln!(kept, "[postgate starting] {line}");
+        if let Some(rest) = line.split("Listening. port=").nth(1) {
+            break rest.trim().parse().expect("port");
+        }
+    };
     std::thread::spawn(move || {
-        use std::io::Write as _;
         for line in lines.map_while(Result::ok) {
             let _ = writeln!(kept, "[postgate {port}] {line}");
             if echo {
