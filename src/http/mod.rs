@@ -423,18 +423,18 @@ async fn list_deliveries(
 async fn replay_deliveries(
     _: Admin,
     State(state): State<AppState>,
-    body: Result<
-        Json<crate::delivery::admin::ReplayFilter>,
-        axum::extract::rejection::JsonRejection,
-    >,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let Json(filter) = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ReasonCode::InvalidParameter,
-            e.body_text(),
-        )
-    })?;
+    // Read like every other body: the same size limit, refused up front, and time limit.
+    let body = read_body(req, state.max_body_bytes).await?;
+    let filter: crate::delivery::admin::ReplayFilter =
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ReasonCode::InvalidParameter,
+                format!("the filter is not valid JSON of the expected shape: {e}"),
+            )
+        })?;
     if filter.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -219,6 +219,24 @@ async fn a_declared_oversized_body_is_refused_before_it_is_sent() {
 }
 
 #[tokio::test]
+async fn the_admin_replay_body_has_the_same_limits_and_a_clear_400() {
+    let app = spawn_app().await;
+    let head = |length: usize| {
+        format!(
+            "POST /api/v1/deliveries/replay HTTP/1.1\r\nHost: t\r\n\
+             Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {length}\r\n\r\n",
+            crate::helpers::ADMIN_TOKEN
+        )
+    };
+    let (status, body) = raw_exchange(&app.address, &head(5_000_000), b"").await;
+    assert!(status.contains(" 413 "), "{status} {body}");
+    let (status, body) = raw_exchange(&app.address, &head(9), b"{\"id\": 1}").await;
+    assert!(status.contains(" 400 "), "{status} {body}");
+    assert!(body.contains("invalid_parameter"), "{body}");
+}
+
+#[tokio::test]
 async fn a_body_that_stops_arriving_gets_408_not_a_5xx() {
     let app = spawn_app().await;
     let (status, body) = raw_exchange(
