@@ -264,6 +264,12 @@ pub async fn run(dir: &Path, database_url: &str) {
         }
     }
 
+    // A passing run that took long says why: the delivery worker's restarts (a failed poll,
+    // or the watchdog's stop of a stalled worker) with their reasons.
+    let restarts = gateway.log_lines("Delivery worker failed");
+    for line in &restarts {
+        println!("reliability backlog: {line}");
+    }
     let answered = affiliate.answered.load(Ordering::SeqCst);
     pass(
         "restart_with_delivery_backlog",
@@ -272,7 +278,7 @@ pub async fn run(dir: &Path, database_url: &str) {
              rss_mib_before_restart={} refused_before_restart={refused_before} \
              refused_after_restart={} \
              rss_mib_down={} rss_mib_draining={} peak_rss_mib={} drained_in={drain_secs:.1}s \
-             ({:.0}/s) delivered={} duplicates={} seconds={:.1}",
+             ({:.0}/s) delivered={} duplicates={} worker_restarts={} seconds={:.1}",
             n as f64 / ingest_secs,
             range(&first),
             affiliate.refused.load(Ordering::SeqCst) - refused_before,
@@ -282,6 +288,7 @@ pub async fn run(dir: &Path, database_url: &str) {
             n as f64 / drain_secs,
             affiliate.distinct.load(Ordering::SeqCst),
             answered - affiliate.distinct.load(Ordering::SeqCst),
+            restarts.len(),
             started.elapsed().as_secs_f64()
         ),
     );

@@ -181,6 +181,16 @@ impl Gateway {
         )
     }
 
+    /// The log lines (all children on this configuration) that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(support::log_path(&self.config))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The running child's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
