@@ -931,10 +931,22 @@ fn validate(
                     format!("duplicate goal {:?}", g.name),
                 ));
             }
-            let payout =
-                rule(&g.payout, currency).map_err(|m| invalid(format!("{gkey}.payout"), m))?;
-            let revenue =
-                rule(&g.revenue, currency).map_err(|m| invalid(format!("{gkey}.revenue"), m))?;
+            // A fixed amount is converted into the network currency with every conversion:
+            // one too large once converted would refuse them all, so it is refused here.
+            let converted = |rule: AmountRule| match rule {
+                AmountRule::Fixed(m) => fx_rates.get(&m.currency).map_or(Ok(rule), |rate| {
+                    m.convert(network_currency, *rate)
+                        .map(|_| rule)
+                        .map_err(|e| format!("{e} once converted into {network_currency}"))
+                }),
+                AmountRule::Percent(_) => Ok(rule),
+            };
+            let payout = rule(&g.payout, currency)
+                .and_then(converted)
+                .map_err(|m| invalid(format!("{gkey}.payout"), m))?;
+            let revenue = rule(&g.revenue, currency)
+                .and_then(converted)
+                .map_err(|m| invalid(format!("{gkey}.revenue"), m))?;
             goals.push(GoalSpec {
                 name: g.name,
                 payout,
@@ -1286,6 +1298,23 @@ mod tests {
             std::time::Duration::from_secs(75),
             "the default, above common load balancers' idle timeouts"
         );
+        // A fixed amount at the limit in its own currency but past it in the network's.
+        let eur = text.replace("currency = \"USD\"\n", "currency = \"EUR\"\n");
+        let eur = eur.replacen(
+            "currency = \"EUR\"",
+            "currency = \"USD\"",
+            1, // the network currency stays USD; the offer's becomes EUR
+        );
+        let at_limit = eur.replace("fixed = \"15.00\"", "fixed = \"100000000000.00\"");
+        let err = Settings::from_toml(Path::new("postgate.toml"), &at_limit, &|_| None)
+            .expect_err("too large once converted");
+        assert!(
+            err.to_string().contains("payout") && err.to_string().contains("too large"),
+            "{err}"
+        );
+        let fits = eur.replace("fixed = \"15.00\"", "fixed = \"90000000000.00\"");
+        Settings::from_toml(Path::new("postgate.toml"), &fits, &|_| None)
+            .expect("fits once converted");
         let with_five = text.replace("# header_timeout_secs = 75", "header_timeout_secs = 5");
         let five = Settings::from_toml(Path::new("postgate.toml"), &with_five, &|_| None)
             .expect("with a header timeout");
