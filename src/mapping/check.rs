@@ -59,11 +59,8 @@ pub fn map_payload(
     headers: &[(String, String)],
     body: Bytes,
 ) -> Result<Vec<CanonicalPostback>, DryRunError> {
-    let mut out = Vec::new();
-    for ev in decode_payload(connector, method, path_and_query, headers, body)? {
-        out.extend(mappings.map(&ev)?);
-    }
-    Ok(out)
+    let request = (method, path_and_query, headers, body);
+    Ok(map_events(connector, mappings, request, false)?.0)
 }
 
 /// [`map_payload`], plus a note for every optional field a mapping defines that found
@@ -76,12 +73,25 @@ pub fn map_payload_explained(
     headers: &[(String, String)],
     body: Bytes,
 ) -> Result<(Vec<CanonicalPostback>, Vec<String>), DryRunError> {
+    let request = (method, path_and_query, headers, body);
+    map_events(connector, mappings, request, true)
+}
+
+/// The postbacks of every event the request decodes to and, with `explain`, the notes.
+fn map_events(
+    connector: &Connector,
+    mappings: &MappingSet,
+    (method, path_and_query, headers, body): (&str, &str, &[(String, String)], Bytes),
+    explain: bool,
+) -> Result<(Vec<CanonicalPostback>, Vec<String>), DryRunError> {
     let mut out = Vec::new();
     let mut notes = Vec::new();
     for ev in decode_payload(connector, method, path_and_query, headers, body)? {
         let postbacks = mappings.map(&ev)?;
-        let currency = postbacks.iter().find_map(|p| p.currency.as_deref());
-        notes.extend(mappings.unfilled(&ev, currency));
+        if explain {
+            let currency = postbacks.iter().find_map(|p| p.currency.as_deref());
+            notes.extend(mappings.unfilled(&ev, currency));
+        }
         out.extend(postbacks);
     }
     Ok((out, notes))
