@@ -330,17 +330,8 @@ async fn a_notification_without_an_id_is_stored_with_its_reason_and_the_others_s
         "the fixture's first notification id"
     );
     let resp = send_salesforce(&app, &format!("token={SALESFORCE_TOKEN}"), without_first_id).await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    let text = resp.text().await.expect("body");
-    assert!(text.contains("<Ack>true</Ack>"), "{text}");
-    assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) FROM conversions WHERE source = 'salesforce'"
-        )
-        .await,
-        2
-    );
+    assert_acked(resp).await;
+    assert_eq!(salesforce_conversions(&app).await, 2);
     assert_eq!(
         count(
             &app,
@@ -425,6 +416,21 @@ async fn send_salesforce(
         .expect("post")
 }
 
+/// Salesforce's answer to an envelope whose events were recorded: 200 and the SOAP Ack.
+async fn assert_acked(resp: reqwest::Response) {
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.expect("body");
+    assert!(text.contains("<Ack>true</Ack>"), "{text}");
+}
+
+async fn salesforce_conversions(app: &TestApp) -> i64 {
+    count(
+        app,
+        "SELECT COUNT(*) FROM conversions WHERE source = 'salesforce'",
+    )
+    .await
+}
+
 fn lead_envelope() -> Vec<u8> {
     fixture("salesforce/outbound_message.lead.aspnet-webhooks.xml")
 }
@@ -444,18 +450,9 @@ async fn stored_path(app: &TestApp) -> String {
 async fn a_salesforce_envelope_with_three_notifications_is_three_events_and_a_soap_ack() {
     let app = spawn_app().await;
     let resp = send_salesforce(&app, &format!("token={SALESFORCE_TOKEN}"), lead_envelope()).await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    let text = resp.text().await.expect("body");
-    assert!(text.contains("<Ack>true</Ack>"), "{text}");
+    assert_acked(resp).await;
     // The leads carry no click ID: each is recorded with its reason, none is lost.
-    assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) FROM conversions WHERE source = 'salesforce'"
-        )
-        .await,
-        3
-    );
+    assert_eq!(salesforce_conversions(&app).await, 3);
     assert_eq!(count(&app, "SELECT events FROM raw_requests").await, 3);
 
     let resp = send_salesforce(&app, "token=wrong-token-0123456789", lead_envelope()).await;

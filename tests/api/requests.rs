@@ -171,6 +171,17 @@ async fn oversized_bodies_get_413_and_unknown_media_types_415() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
 
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The request line and headers of a POST to `path` declaring `length` bytes of
+/// `content_type`, with `extra` header lines (each ending in CRLF).
+fn post_head(path: &str, content_type: &str, length: usize, extra: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {length}\r\n{extra}\r\n"
+    )
+}
+
 /// Sends `head` (request line and headers) and `body` on a raw connection, keeps it open
 /// without sending more, and returns the status line of the answer and its body.
 async fn raw_exchange(address: &str, head: &str, body: &[u8]) -> (String, String) {
@@ -207,13 +218,8 @@ async fn a_declared_oversized_body_is_refused_before_it_is_sent() {
     let app = spawn_app().await;
     // 5 MB announced, none of it sent: answered at once on the header alone (waiting for the
     // body would end in a 408 after the body timeout instead).
-    let (status, body) = raw_exchange(
-        &app.address,
-        "POST /postback HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n",
-        b"",
-    )
-    .await;
+    let head = post_head("/postback", FORM, 5_000_000, "Expect: 100-continue\r\n");
+    let (status, body) = raw_exchange(&app.address, &head, b"").await;
     assert!(status.contains(" 413 "), "{status} {body}");
     assert!(body.contains("payload_too_large"), "{body}");
 }
@@ -221,12 +227,13 @@ async fn a_declared_oversized_body_is_refused_before_it_is_sent() {
 #[tokio::test]
 async fn the_admin_replay_body_has_the_same_limits_and_a_clear_400() {
     let app = spawn_app().await;
-    let head = |length: usize| {
-        format!(
-            "POST /api/v1/deliveries/replay HTTP/1.1\r\nHost: t\r\n\
-             Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {length}\r\n\r\n",
-            crate::helpers::ADMIN_TOKEN
+    let auth = format!("Authorization: Bearer {}\r\n", crate::helpers::ADMIN_TOKEN);
+    let head = |length| {
+        post_head(
+            "/api/v1/deliveries/replay",
+            "application/json",
+            length,
+            &auth,
         )
     };
     let (status, body) = raw_exchange(&app.address, &head(5_000_000), b"").await;
@@ -239,13 +246,8 @@ async fn the_admin_replay_body_has_the_same_limits_and_a_clear_400() {
 #[tokio::test]
 async fn a_body_that_stops_arriving_gets_408_not_a_5xx() {
     let app = spawn_app().await;
-    let (status, body) = raw_exchange(
-        &app.address,
-        "POST /postback HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: 500\r\n\r\n",
-        b"token=acme",
-    )
-    .await;
+    let head = post_head("/postback", FORM, 500, "");
+    let (status, body) = raw_exchange(&app.address, &head, b"token=acme").await;
     assert!(status.contains(" 408 "), "{status} {body}");
     assert!(body.contains("request_timeout"), "{body}");
 }
