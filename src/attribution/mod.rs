@@ -280,11 +280,6 @@ pub fn evaluate(
         );
         return Ok(d);
     };
-    let amount = match postback.amount {
-        Some(value) => Money::from_decimal(value, currency)?,
-        None => Money::zero(currency),
-    };
-
     // Reversals refer to a conversion that already passed these checks.
     if d.status != Status::Reversed {
         let at = d.occurred_at.unwrap_or(now);
@@ -319,6 +314,34 @@ pub fn evaluate(
         }
     }
 
+    match amounts(postback.amount, currency, fx_rate, goal, catalog) {
+        Ok(amounts) => d.amounts = Some(amounts),
+        // A reversal moves no money of its own: it nets the conversion's postings. An amount
+        // past the limit (reported in a currency whose rate has moved since, or stored before
+        // the limit) must not stop it; it is noted and not recorded.
+        Err(error @ AmountError::Overflow(_)) if d.status == Status::Reversed => {
+            d.flags.push(Reason::new(
+                ReasonCode::InvalidAmount,
+                format!("the reversal's amount is not recorded: {error}"),
+            ));
+        }
+        Err(error) => return Err(error.into()),
+    }
+    Ok(d)
+}
+
+/// The reported amount and the goal's payout and revenue, exact, in the network currency.
+fn amounts(
+    reported: Option<Decimal>,
+    currency: Currency,
+    fx_rate: Decimal,
+    goal: &crate::store::catalog::Goal,
+    catalog: &Catalog,
+) -> Result<Amounts, AmountError> {
+    let amount = match reported {
+        Some(value) => Money::from_decimal(value, currency)?,
+        None => Money::zero(currency),
+    };
     let network = catalog.network_currency;
     let network_amount = amount.convert(network, fx_rate)?;
     let apply_rule = |rule: AmountRule| -> Result<Money, AmountError> {
@@ -330,12 +353,11 @@ pub fn evaluate(
             AmountRule::Percent(p) => network_amount.percent(p),
         }
     };
-    d.amounts = Some(Amounts {
+    Ok(Amounts {
         amount,
         fx_rate,
         network_amount,
         payout: apply_rule(goal.payout)?,
         revenue: apply_rule(goal.revenue)?,
-    });
-    Ok(d)
+    })
 }
