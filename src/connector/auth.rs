@@ -26,6 +26,10 @@ use super::{RawRequest, header_field};
 
 /// Base64 that accepts padded and unpadded input and non-zero trailing bits: Standard
 /// Webhooks secrets circulate in all these forms and the reference libraries accept them.
+/// Most signatures one request may carry (Standard Webhooks and Stripe send one per secret the
+/// sender signs with; two or three during a rotation). More is refused before any MAC.
+pub const MAX_SIGNATURES: usize = 16;
+
 const B64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new()
@@ -328,6 +332,12 @@ pub(crate) fn compile(
                 ));
             }
             for t in &a.tokens {
+                if t.get_ref().trim().is_empty() {
+                    return Err(at(
+                        t.span(),
+                        "token is empty or only whitespace (unset environment variable?)".into(),
+                    ));
+                }
                 if t.get_ref().len() < min_secret_bytes {
                     return Err(at(
                         t.span(),
@@ -387,8 +397,8 @@ pub(crate) fn compile(
 }
 
 fn decode_key(secret: &str, enc: KeyEncoding, prefix: Option<&str>) -> Result<Vec<u8>, String> {
-    if secret.is_empty() {
-        return Err("secret is empty (unset environment variable?)".into());
+    if secret.trim().is_empty() {
+        return Err("secret is empty or only whitespace (unset environment variable?)".into());
     }
     let s = match prefix {
         Some(p) => secret.strip_prefix(p).unwrap_or(secret),
@@ -491,11 +501,18 @@ impl HmacAuth {
         };
         let message = self.message_bytes(req, ts.as_deref())?;
         let tried = candidates.len();
+        // One MAC per key, whatever the number of candidates: each is a constant-time compare
+        // against it, so extra signatures cost an attacker's request almost nothing here.
         for key in &self.keys {
-            for sig in &candidates {
-                if self.mac_matches(key, &message, sig) {
-                    return Ok(());
-                }
+            let Some(tag) = self.tag(key, &message) else {
+                continue;
+            };
+            // No short circuit: every candidate is compared, matching or not.
+            let matched = candidates
+                .iter()
+                .fold(false, |found, sig| found | ct_eq(&tag, sig));
+            if matched {
+                return Ok(());
             }
         }
         Err(VerifyError::BadSignature { tried })
@@ -530,6 +547,12 @@ impl HmacAuth {
             .collect();
         if texts.is_empty() {
             return Err(missing());
+        }
+        if texts.len() > MAX_SIGNATURES {
+            return Err(VerifyError::TooManySignatures {
+                count: texts.len(),
+                limit: MAX_SIGNATURES,
+            });
         }
         Ok(texts
             .into_iter()
@@ -579,21 +602,17 @@ impl HmacAuth {
         Ok(m)
     }
 
-    fn mac_matches(&self, key: &[u8], message: &[u8], sig: &[u8]) -> bool {
-        // verify_slice compares in constant time and refuses truncated tags.
+    /// The full MAC of `message` under `key`. A candidate matches only if it is the whole tag
+    /// (`ct_eq` refuses any other length, so truncated signatures fail).
+    fn tag(&self, key: &[u8], message: &[u8]) -> Option<Vec<u8>> {
+        fn full<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> Option<Vec<u8>> {
+            let mut mac = <M as KeyInit>::new_from_slice(key).ok()?;
+            mac.update(message);
+            Some(mac.finalize().into_bytes().to_vec())
+        }
         match self.algorithm {
-            Algorithm::Sha256 => Hmac::<sha2::Sha256>::new_from_slice(key)
-                .map(|mut mac| {
-                    mac.update(message);
-                    mac.verify_slice(sig).is_ok()
-                })
-                .unwrap_or(false),
-            Algorithm::Sha1 => Hmac::<sha1::Sha1>::new_from_slice(key)
-                .map(|mut mac| {
-                    mac.update(message);
-                    mac.verify_slice(sig).is_ok()
-                })
-                .unwrap_or(false),
+            Algorithm::Sha256 => full::<Hmac<sha2::Sha256>>(key, message),
+            Algorithm::Sha1 => full::<Hmac<sha1::Sha1>>(key, message),
         }
     }
 }

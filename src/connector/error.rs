@@ -57,6 +57,8 @@ pub enum VerifyError {
     MissingSignature(String),
     #[error("no signature in the request matches (tried {tried} candidate(s))")]
     BadSignature { tried: usize },
+    #[error("the request carries {count} signatures; at most {limit} are checked")]
+    TooManySignatures { count: usize, limit: usize },
     #[error("signature timestamp `{0}` is not a valid integer")]
     BadTimestamp(String),
     #[error("signature timestamp is {age_secs}s away from now; tolerance is {tolerance_secs}s")]
@@ -83,7 +85,9 @@ impl VerifyError {
     pub fn code(&self) -> ReasonCode {
         match self {
             VerifyError::MissingSignature(_) => ReasonCode::MissingSignature,
-            VerifyError::BadSignature { .. } => ReasonCode::BadSignature,
+            VerifyError::BadSignature { .. } | VerifyError::TooManySignatures { .. } => {
+                ReasonCode::BadSignature
+            }
             VerifyError::BadTimestamp(_) => ReasonCode::BadTimestamp,
             VerifyError::StaleTimestamp { .. } => ReasonCode::StaleTimestamp,
             VerifyError::MissingToken(_) => ReasonCode::MissingToken,

@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use toml::Spanned;
 
+pub use auth::MAX_SIGNATURES;
 pub use error::{ConfigError, DecodeError, VerifyError};
 use path::{CompiledPath, scalar_text};
 pub use spec::BodyFormat;

@@ -132,7 +132,8 @@ fn shopify_missing_empty_and_truncated_signatures_fail() {
 #[test]
 fn short_and_empty_secrets_are_rejected_at_load_with_the_line() {
     let p = root().join("connectors/shopify.toml");
-    for secret in ["test_secret_key", ""] {
+    // Sixteen spaces are long enough but no secret (a variable set from an empty template).
+    for secret in ["test_secret_key", "", "                "] {
         let err = postgate::connector::Connector::load(
             &p,
             &opts(&[("SHOPIFY_WEBHOOK_SECRET", secret)], 16),
@@ -191,6 +192,49 @@ fn standard_webhooks_vector_verifies_at_its_own_time_and_is_stale_now() {
         code(c.verify(&mk("v1a,abc v2,xyz", at(ts)))),
         "missing_signature"
     );
+}
+
+/// Every signature a request carries used to cost a MAC over the whole body, so a header of
+/// thousands of `v1,` entries was an unauthenticated CPU sink. Now the MAC is computed once per
+/// secret and more than `MAX_SIGNATURES` candidates are refused before any.
+#[test]
+fn a_flood_of_signatures_is_refused_and_a_rotation_set_still_verifies() {
+    let v = json_fixture("standard_webhooks/test_vectors.json");
+    let g = &v["vectors"][0];
+    let c = shipped(
+        "standard-webhooks",
+        &[("STANDARD_WEBHOOKS_SECRET", s(g, "secret"))],
+        16,
+    );
+    let ts = g["timestamp"].as_i64().unwrap_or_default();
+    let mk = |sig: String| {
+        let mut r = req("POST", "/", &[], s(g, "payload").to_string(), at(ts));
+        r.headers = vec![
+            ("webhook-id".to_string(), s(g, "msg_id").to_string()),
+            ("webhook-timestamp".to_string(), ts.to_string()),
+            ("webhook-signature".to_string(), sig),
+        ];
+        r
+    };
+    let good = s(g, "expected_signature_header");
+    let decoys = |n: usize| vec!["v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="; n].join(" ");
+    let max = postgate::connector::MAX_SIGNATURES;
+    assert_eq!(
+        code(c.verify(&mk(format!("{} {good}", decoys(max - 1))))),
+        "ok"
+    );
+    let flood = c.verify(&mk(format!("{} {good}", decoys(max)))).err();
+    assert_eq!(
+        flood.as_ref().map(|e| e.code().as_str()),
+        Some("bad_signature")
+    );
+    let message = flood.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.contains(&format!("{} signatures", max + 1)),
+        "{message}"
+    );
+    assert!(message.contains(&format!("at most {max}")), "{message}");
+    assert_eq!(code(c.verify(&mk(decoys(5_000)))), "bad_signature");
 }
 
 fn sign_b64(key: &[u8], msg: &[u8]) -> String {
