@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use postgate::config::Settings;
 use postgate::connector::{Connector, Env, LoadOptions};
 use postgate::mapping::MappingSet;
-use postgate::mapping::check::{map_payload_explained, parse_header_arg};
+use postgate::mapping::check::{map_payload_explained, parse_header_arg, read_payload};
 use postgate::startup::{Application, shutdown_signal};
 
 // Request handling allocates many small values (parsed JSON, strings); mimalloc's
@@ -301,9 +301,9 @@ fn map(
             );
         }
     };
-    let body = match std::fs::read(payload) {
+    let body = match read_payload(payload, connector.max_body_bytes()) {
         Ok(b) => b,
-        Err(e) => return fail(format!("{}: {e}", payload.display())),
+        Err(e) => return fail(e),
     };
     let mut parsed = Vec::new();
     for h in headers {

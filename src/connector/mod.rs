@@ -499,6 +499,10 @@ impl Connector {
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The largest body this connector accepts, in bytes.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
     pub fn origin(&self) -> &Path {
         &self.origin
     }

@@ -43,6 +43,40 @@ impl DryRunError {
 }
 
 /// Parses `--header 'K: V'`.
+/// Reads a payload file of at most `limit` bytes (a connector's body limit): `/dev/zero` or a
+/// huge file is refused after `limit + 1` bytes instead of exhausting memory.
+pub fn read_payload(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut body = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if body.len() > limit {
+        return Err(format!(
+            "{}: larger than the connector's body limit of {limit} bytes",
+            path.display()
+        ));
+    }
+    Ok(body)
+}
+
+/// A test case's fixture, relative to the project root and inside it: no absolute path and no
+/// `..`, so a mapping file cannot make `check` read (and print in a failure) files elsewhere.
+fn fixture_path(root: &Path, rel: &str) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let path = Path::new(rel);
+    if !path
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "fixture {rel:?} must be a path relative to the project root, without `..`"
+        ));
+    }
+    Ok(root.join(path))
+}
+
 pub fn parse_header_arg(arg: &str) -> Option<(String, String)> {
     let (k, v) = arg.split_once(':')?;
     let k = k.trim();
@@ -234,15 +268,9 @@ fn run_case(
         .or_else(|| t.fixture.clone())
         .unwrap_or_else(|| "unnamed".into());
     let body = match &t.fixture {
-        Some(rel) => {
-            let fixture: PathBuf = root.join(rel);
-            std::fs::read(&fixture).map_err(|e| {
-                format!(
-                    "test `{label}`: cannot read fixture {}: {e}",
-                    fixture.display()
-                )
-            })?
-        }
+        Some(rel) => fixture_path(root, rel)
+            .and_then(|fixture| read_payload(&fixture, conn.max_body_bytes()))
+            .map_err(|e| format!("test `{label}`: cannot read fixture: {e}"))?,
         None => Vec::new(),
     };
     let headers: Vec<(String, String)> = t

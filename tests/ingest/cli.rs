@@ -93,21 +93,21 @@ fn map_prints_canonical_postbacks_or_says_why_nothing_matched() {
 
 /// `check` and `map` read the directories the configuration names in `[paths]`, as `serve`
 /// does: here a copy of the Shopify connector under another name, with its mapping.
-#[test]
-fn check_and_map_read_the_configured_directories() {
-    let dir = tempfile::tempdir().expect("dir");
-    let connectors = dir.path().join("conn");
-    let mappings = dir.path().join("maps");
+/// A project in `dir` with its own directories: a copy of the Shopify connector named
+/// `myshop` and its orders/paid mapping, passed through `edit`. Returns the config's path.
+fn myshop_project(dir: &std::path::Path, edit: impl Fn(String) -> String) -> String {
+    let connectors = dir.join("conn");
+    let mappings = dir.join("maps");
     std::fs::create_dir_all(mappings.join("myshop")).expect("dirs");
     std::fs::create_dir_all(&connectors).expect("dirs");
     std::fs::copy("connectors/shopify.toml", connectors.join("myshop.toml")).expect("copy");
     let mapping = std::fs::read_to_string("mappings/shopify/orders_paid.toml").expect("mapping");
     std::fs::write(
         mappings.join("myshop/orders_paid.toml"),
-        mapping.replace("source = \"shopify\"", "source = \"myshop\""),
+        edit(mapping.replace("source = \"shopify\"", "source = \"myshop\"")),
     )
     .expect("write");
-    let config = dir.path().join("postgate.toml");
+    let config = dir.join("postgate.toml");
     let demo = std::fs::read_to_string("postgate.toml").expect("demo config");
     std::fs::write(
         &config,
@@ -118,7 +118,14 @@ fn check_and_map_read_the_configured_directories() {
         ),
     )
     .expect("write");
-    let config = config.to_str().expect("utf-8");
+    config.to_str().expect("utf-8").to_owned()
+}
+
+#[test]
+fn check_and_map_read_the_configured_directories() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = myshop_project(dir.path(), |m| m);
+    let config = config.as_str();
 
     let out = postgate(&["check", "--config", config]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -141,4 +148,38 @@ fn check_and_map_read_the_configured_directories() {
         "X-Shopify-Webhook-Id: w-1",
     ]);
     assert_eq!(json[0]["transaction_id"], "820982911946154508");
+}
+
+/// A mapping file's test case cannot make `check` read files outside the project (and print
+/// them in a failure), and neither command reads more than the connector's body limit.
+#[test]
+fn fixtures_stay_inside_the_project_and_payloads_within_the_body_limit() {
+    let first = "tests/fixtures/shopify/orders_create.shopify-dev-2026-07.json";
+    for outside in ["../../../../../../../../etc/passwd", "/etc/passwd"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = myshop_project(dir.path(), |m| m.replacen(first, outside, 1));
+        let out = postgate(&["check", "--config", &config]);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{all}");
+        assert!(all.contains("relative to the project root"), "{all}");
+        assert!(!all.contains("root:"), "the file's content leaked: {all}");
+    }
+
+    let out = postgate(&[
+        "map",
+        "shopify",
+        "/dev/zero",
+        "-H",
+        "X-Shopify-Topic: orders/paid",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("larger than the connector's body limit"),
+        "{stderr}"
+    );
 }
