@@ -204,10 +204,13 @@ fn member_chain(path: &str) -> Vec<String> {
     let mut chain = Vec::new();
     loop {
         if let Some(after) = rest.strip_prefix('.').filter(|a| !a.starts_with('.')) {
+            // RFC 9535 shorthand names: ALPHA, DIGIT, `_` and any non-ASCII character.
             let len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || !c.is_ascii()))
                 .unwrap_or(after.len());
-            if len == 0 {
+            // A name must end the path or be followed by another segment; anything else is
+            // syntax this scan does not know, so the subtree is kept whole from here.
+            if len == 0 || !matches!(after[len..].chars().next(), None | Some('.' | '[')) {
                 break;
             }
             chain.push(after[..len].to_owned());
@@ -264,6 +267,11 @@ mod tests {
             ("$['a','b']", &[]),
             ("$['a\\'b'].c", &[]),
             ("$.items[?@.price > $.min]", &[]),
+            // Non-ASCII names are whole names, not cut at the first such character.
+            ("$.café", &["café"]),
+            ("$.données.montant", &["données", "montant"]),
+            ("$.a.b-c", &["a"]),
+            ("$.a.b c", &["a"]),
         ];
         for (path, want) in cases {
             assert_eq!(member_chain(path), *want, "{path}");
