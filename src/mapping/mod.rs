@@ -496,7 +496,9 @@ impl Mapping {
         }
     }
 
-    /// Source → transforms → default; empty strings count as absent ("first non-empty").
+    /// Source → transforms → default; empty strings count as absent ("first non-empty"). A
+    /// path that selects several nodes gives the first that is non-empty once transformed, so
+    /// a blank `subid` note attribute does not hide a `click_id` after it.
     fn resolve(
         &self,
         name: &str,
@@ -504,11 +506,14 @@ impl Mapping {
         ev: &VerifiedEvent,
         ctx: &Ctx<'_>,
     ) -> Result<Option<String>, MapError> {
-        let raw = match &f.source {
-            Source::Path(p) => match p.first(ev.payload()) {
-                Some(hit) => match scalar_text(hit.value) {
-                    Some(s) => Some(s),
-                    None => {
+        let raws: Vec<String> = match &f.source {
+            Source::Path(p) => {
+                let mut texts = Vec::new();
+                for hit in p.select(ev.payload()) {
+                    if hit.value.is_null() {
+                        continue;
+                    }
+                    let Some(text) = scalar_text(hit.value) else {
                         return Err(MapError::WrongType {
                             mapping: self.origin.display().to_string(),
                             field: name.to_string(),
@@ -516,17 +521,18 @@ impl Mapping {
                             location: hit.location,
                             found: type_name(hit.value),
                         });
-                    }
-                },
-                None => None,
-            },
-            Source::Header(h) => ev.header(h).map(str::to_string),
-            Source::Query(q) => ev.query_param(q).map(str::to_string),
-            Source::Constant(c) => Some(c.clone()),
-            Source::Meta(Meta::EventType) => Some(ev.event_type().to_string()),
-            Source::Meta(Meta::EventId) => Some(ev.event_id().to_string()),
-            Source::Meta(Meta::Source) => Some(ev.source().to_string()),
-            Source::Meta(Meta::ReceivedAt) => Some(ev.received_at().to_rfc3339()),
+                    };
+                    texts.push(text);
+                }
+                texts
+            }
+            Source::Header(h) => ev.header(h).map(str::to_string).into_iter().collect(),
+            Source::Query(q) => ev.query_param(q).map(str::to_string).into_iter().collect(),
+            Source::Constant(c) => vec![c.clone()],
+            Source::Meta(Meta::EventType) => vec![ev.event_type().to_string()],
+            Source::Meta(Meta::EventId) => vec![ev.event_id().to_string()],
+            Source::Meta(Meta::Source) => vec![ev.source().to_string()],
+            Source::Meta(Meta::ReceivedAt) => vec![ev.received_at().to_rfc3339()],
             Source::FirstOf(cands) => {
                 let mut found = None;
                 for c in cands {
@@ -535,10 +541,32 @@ impl Mapping {
                         break;
                     }
                 }
-                found
+                found.into_iter().collect()
             }
         };
-        let mut value = raw.filter(|s| !s.is_empty());
+        let mut value = None;
+        for raw in raws {
+            value = self.transformed(name, f, raw, ctx)?;
+            if value.is_some() {
+                break;
+            }
+        }
+        let value = value.or_else(|| f.default.clone());
+        if value.is_none() && f.required {
+            return Err(self.missing(name, f));
+        }
+        Ok(value)
+    }
+
+    /// One source value through the field's transforms; `None` if it is or becomes empty.
+    fn transformed(
+        &self,
+        name: &str,
+        f: &Field,
+        raw: String,
+        ctx: &Ctx<'_>,
+    ) -> Result<Option<String>, MapError> {
+        let mut value = Some(raw).filter(|s| !s.is_empty());
         for t in &f.transforms {
             let Some(v) = value else { break };
             value = t
@@ -549,10 +577,6 @@ impl Mapping {
                     reason,
                 })?
                 .filter(|s| !s.is_empty());
-        }
-        let value = value.or_else(|| f.default.clone());
-        if value.is_none() && f.required {
-            return Err(self.missing(name, f));
         }
         Ok(value)
     }
