@@ -397,19 +397,41 @@ impl Connector {
                 "at least one [[auth]] is required (use type = \"none\" explicitly)",
             ));
         }
-        if auths.len() > 1 && auths.iter().any(|a| matches!(a, auth::Auth::None)) {
-            return Err(ConfigError::new(
+        if auths.len() > 1
+            && let Some(none) = auths.iter().position(|a| matches!(a, auth::Auth::None))
+        {
+            return Err(ConfigError::at_span(
                 origin,
-                0,
+                text,
+                Some(file.auth[none].span()),
                 "auth type \"none\" cannot be combined with other checks",
             ));
         }
-        if file.body.format != BodyFormat::Xml && !file.body.xml_always_array.is_empty() {
-            return Err(ConfigError::new(
+        if let Some(always) = &file.body.xml_always_array
+            && file.body.format != BodyFormat::Xml
+            && !always.get_ref().is_empty()
+        {
+            return Err(ConfigError::at_span(
                 origin,
-                0,
+                text,
+                Some(always.span()),
                 "body.xml_always_array applies only to format = \"xml\"",
             ));
+        }
+        for (what, limit) in [
+            ("body.max_bytes", &file.body.max_bytes),
+            ("event.max_events", &file.event.max_events),
+        ] {
+            if let Some(limit) = limit
+                && *limit.get_ref() == 0
+            {
+                return Err(ConfigError::at_span(
+                    origin,
+                    text,
+                    Some(limit.span()),
+                    format!("{what} must be at least 1 (leave it out for the default)"),
+                ));
+            }
         }
         let split = match &file.event.split {
             Some(s) => Some(
@@ -450,11 +472,21 @@ impl Connector {
             name: name.to_string(),
             origin: origin.to_path_buf(),
             format: file.body.format,
-            max_body_bytes: file.body.max_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
-            xml_always_array: file.body.xml_always_array,
+            max_body_bytes: file
+                .body
+                .max_bytes
+                .map_or(DEFAULT_MAX_BODY_BYTES, Spanned::into_inner),
+            xml_always_array: file
+                .body
+                .xml_always_array
+                .map(Spanned::into_inner)
+                .unwrap_or_default(),
             auth: auths,
             split,
-            max_events: file.event.max_events.unwrap_or(DEFAULT_MAX_EVENTS),
+            max_events: file
+                .event
+                .max_events
+                .map_or(DEFAULT_MAX_EVENTS, Spanned::into_inner),
             event_type,
             event_id,
             receipt,

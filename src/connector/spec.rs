@@ -34,10 +34,10 @@ pub enum BodyFormat {
 pub struct BodyFile {
     pub format: BodyFormat,
     #[serde(default)]
-    pub max_bytes: Option<usize>,
+    pub max_bytes: Option<Spanned<usize>>,
     /// XML only: element local names that always become JSON arrays, even when one is present.
     #[serde(default)]
-    pub xml_always_array: Vec<String>,
+    pub xml_always_array: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -207,7 +207,7 @@ pub struct EventFile {
     #[serde(default)]
     pub split: Option<Spanned<String>>,
     #[serde(default)]
-    pub max_events: Option<usize>,
+    pub max_events: Option<Spanned<usize>>,
     #[serde(rename = "type")]
     pub kind: Spanned<LocatorFile>,
     pub id: Spanned<LocatorFile>,

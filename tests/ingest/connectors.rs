@@ -355,6 +355,27 @@ fn bad_definitions_fail_with_file_line_and_reason() {
     // No auth at all.
     let e = config_err(&base.replace("[[auth]]\ntype = \"none\"\n", ""));
     assert!(e.contains("auth"), "{e}");
+    // Zero limits, "none" beside another check, an XML-only option: each at its own line.
+    let e = config_err(&base.replace("format = \"json\"", "format = \"json\"\nmax_bytes = 0"));
+    assert!(
+        e.starts_with("inline.toml:3:") && e.contains("max_bytes"),
+        "{e}"
+    );
+    let e = config_err(&base.replace("[event]", "[event]\nmax_events = 0"));
+    assert!(
+        e.starts_with("inline.toml:6:") && e.contains("max_events"),
+        "{e}"
+    );
+    let e = config_err(&base.replace(
+        "[event]",
+        "[[auth]]\ntype = \"ip_allow_list\"\ncidrs = [\"127.0.0.1/32\"]\n[event]",
+    ));
+    assert!(e.starts_with("inline.toml:3:") && e.contains("none"), "{e}");
+    let e = config_err(&base.replace(
+        "format = \"json\"",
+        "format = \"json\"\nxml_always_array = [\"Notification\"]",
+    ));
+    assert!(e.starts_with("inline.toml:3:") && e.contains("xml"), "{e}");
     // Bad CIDR.
     let e = config_err(&base.replace(
         "type = \"none\"",
