@@ -194,7 +194,7 @@ const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 /// The leading member names of `path` (RFC 9535 shorthand `.name` or `['name']`), up to the
 /// first segment of any other kind. A path that refers to the root again inside a filter
 /// needs the whole document: no chain.
-fn member_chain(path: &str) -> Vec<String> {
+pub fn member_chain(path: &str) -> Vec<String> {
     let Some(mut rest) = path.trim().strip_prefix('$') else {
         return Vec::new();
     };

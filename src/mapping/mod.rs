@@ -19,6 +19,7 @@ pub mod check;
 pub mod spec;
 mod transform;
 
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -54,7 +55,8 @@ pub enum MapError {
         tried: String,
     },
     #[error(
-        "{mapping}: field `{field}`: `{path}` selected a {found} at {location}, expected a string, number or boolean"
+        "{mapping}: field `{field}`: `{path}` selected {} at {location}, expected a string, number or boolean",
+        with_article(found)
     )]
     WrongType {
         mapping: String,
@@ -402,10 +404,10 @@ impl Mapping {
             };
         let event = self
             .resolve("event", &self.event, ev, &no_ctx)?
-            .ok_or_else(|| self.missing("event", &self.event))?;
+            .ok_or_else(|| self.missing("event", &self.event, ev.payload()))?;
         let status_text = self
             .resolve("status", &self.status, ev, &no_ctx)?
-            .ok_or_else(|| self.missing("status", &self.status))?;
+            .ok_or_else(|| self.missing("status", &self.status, ev.payload()))?;
         let status = Status::parse(&status_text).ok_or_else(|| {
             bad(
                 "status",
@@ -484,15 +486,15 @@ impl Mapping {
         );
         optional
             .filter(|(name, f)| matches!(self.resolve(name, f, ev, &ctx), Ok(None)))
-            .map(|(name, f)| self.missing(&name, f).to_string())
+            .map(|(name, f)| self.missing(&name, f, ev.payload()).to_string())
             .collect()
     }
 
-    fn missing(&self, name: &str, f: &Field) -> MapError {
+    fn missing(&self, name: &str, f: &Field, payload: &Value) -> MapError {
         MapError::MissingField {
             mapping: self.origin.display().to_string(),
             field: name.to_string(),
-            tried: describe(f),
+            tried: describe(f, payload),
         }
     }
 
@@ -553,7 +555,7 @@ impl Mapping {
         }
         let value = value.or_else(|| f.default.clone());
         if value.is_none() && f.required {
-            return Err(self.missing(name, f));
+            return Err(self.missing(name, f, ev.payload()));
         }
         Ok(value)
     }
@@ -582,14 +584,67 @@ impl Mapping {
     }
 }
 
-fn describe(f: &Field) -> String {
+/// What a field tried, and for a path where in `payload` it stopped finding anything.
+fn describe(f: &Field, payload: &Value) -> String {
     match &f.source {
-        Source::Path(p) => format!("path `{}`", p.as_str()),
+        Source::Path(p) => match why_nothing(p.as_str(), payload) {
+            Some(why) => format!("path `{}`: {why}", p.as_str()),
+            None => format!("path `{}`", p.as_str()),
+        },
         Source::Header(h) => format!("header `{h}`"),
         Source::Query(q) => format!("query parameter `{q}`"),
         Source::Constant(c) => format!("constant `{c}`"),
         Source::Meta(m) => format!("meta `{m:?}`"),
-        Source::FirstOf(c) => c.iter().map(describe).collect::<Vec<_>>().join(", then "),
+        Source::FirstOf(c) => c
+            .iter()
+            .map(|f| describe(f, payload))
+            .collect::<Vec<_>>()
+            .join(", then "),
+    }
+}
+
+/// Follows the leading member names of `path` through `payload` and says where they stop:
+/// a missing member, a value that is not an object, a null, or what the rest of the path
+/// (filter, index, wildcard) found nothing in.
+fn why_nothing(path: &str, payload: &Value) -> Option<String> {
+    let names = crate::connector::member_chain(path);
+    let mut at = payload;
+    let mut shown = String::from("$");
+    for name in &names {
+        match at {
+            Value::Object(members) => match members.get(name) {
+                Some(next) => at = next,
+                None => return Some(format!("`{shown}` has no member `{name}`")),
+            },
+            other => {
+                return Some(format!(
+                    "`{shown}` is {}, not an object with a member `{name}`",
+                    with_article(type_name(other))
+                ));
+            }
+        }
+        shown.push('.');
+        shown.push_str(name);
+    }
+    match at {
+        Value::Null => Some(format!("`{shown}` is null")),
+        _ if names.is_empty() => None,
+        Value::Array(items) => Some(format!(
+            "`{shown}` is an array of {} item(s); the rest of the path selects nothing in it",
+            items.len()
+        )),
+        other => Some(format!(
+            "`{shown}` is {}; the rest of the path selects nothing in it",
+            with_article(type_name(other))
+        )),
+    }
+}
+
+/// "an array", "an object", "a string", …
+fn with_article(kind: &str) -> String {
+    match kind.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {kind}"),
+        _ => format!("a {kind}"),
     }
 }
 

@@ -54,10 +54,47 @@ fn a_path_that_selects_an_object_reports_the_type_and_location() {
     assert!(
         msg.contains("m.toml")
             && msg.contains("`amount`")
-            && msg.contains("object")
+            && msg.contains("an object")
             && msg.contains("shop_money"),
         "{msg}"
     );
+}
+
+/// `postgate map` says where along a path the payload stopped matching: a member that is not
+/// there, an array where the path expects an object, a null, or a filter that found nothing.
+#[test]
+fn a_path_that_finds_nothing_says_where_the_payload_stops_matching() {
+    let ev = shopify_event(
+        "orders/paid",
+        fixture("shopify/orders_create.shopify-dev-2026-07.json"),
+    );
+    for (path, why) in [
+        (
+            "$.line_items.id",
+            "`$.line_items` is an array, not an object with a member `id`",
+        ),
+        (
+            "$.customer.nickname",
+            "`$.customer` has no member `nickname`",
+        ),
+        ("$.landing_site", "`$.landing_site` is null"),
+        (
+            "$.note_attributes[?@.name == 'click_id'].value",
+            "`$.note_attributes` is an array of 0 item(s); the rest of the path selects nothing in it",
+        ),
+    ] {
+        let set = set_of(
+            "shopify",
+            &format!("{HEAD}click_id = {{ required = true, path = \"{path}\" }}\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let err = set
+            .map(&ev)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(why), "{path}: {err}");
+    }
 }
 
 #[test]
