@@ -60,6 +60,35 @@ fn salesforce_lead_message_with_a_bom_splits_into_three_events_and_wants_the_soa
     );
 }
 
+/// A request with more events than `max_events` is refused whole when decoded (the pipeline
+/// stores it as one `too_many_events` failure and answers, so the source stops retrying).
+#[test]
+fn more_notifications_than_max_events_is_too_many_events() {
+    let text = std::fs::read_to_string(root().join("connectors/salesforce.toml")).expect("file");
+    let two = text.replace("max_events = 100", "max_events = 2");
+    assert_ne!(text, two, "the shipped file sets max_events = 100");
+    let c = inline(
+        &two,
+        &[
+            ("SALESFORCE_TOKEN", SF_TOKEN),
+            ("SALESFORCE_ORG_ID", "0123456789ABCDENNN"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let v = c
+        .verify(&sf_req(
+            SF_TOKEN,
+            "outbound_message.lead.aspnet-webhooks.xml",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = c
+        .decode(v)
+        .err()
+        .unwrap_or_else(|| panic!("three events decoded"));
+    assert_eq!(err.code().as_str(), "too_many_events");
+    assert_eq!(err.to_string(), "request carries 3 events; limit is 2");
+}
+
 #[test]
 fn the_shipped_ack_is_what_salesforce_documents() {
     // Same document as the captured ack, modulo whitespace and unused namespace declarations.

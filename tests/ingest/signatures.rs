@@ -623,7 +623,33 @@ fn every_scheme_refuses_missing_empty_and_truncated_signatures() {
         hubspot_body.as_ref(),
     );
 
+    let stripe = json_fixture("stripe/signature_test_vectors.json");
+    let sv = &stripe["vectors"][0];
+    let stripe_header = s(sv, "stripe_signature_header").to_owned();
+    let stripe_truncated = {
+        // `t=…,v1=<hex>`: the v1 hex cut to half, the timestamp kept.
+        let (head, hex) = stripe_header
+            .split_once("v1=")
+            .unwrap_or_else(|| panic!("v1 in {stripe_header}"));
+        let hex = hex.split(',').next().unwrap_or_default();
+        format!("{head}v1={}", &hex[..hex.len() / 2])
+    };
+
     let cases = vec![
+        Case {
+            name: "stripe",
+            connector: shipped("stripe", &[("STRIPE_WEBHOOK_SECRET", s(sv, "secret"))], 16),
+            request: req(
+                "POST",
+                "/",
+                &[("Stripe-Signature", stripe_header.as_str())],
+                s(sv, "payload").to_string(),
+                at(sv["timestamp"].as_i64().unwrap_or_default()),
+            ),
+            signature_header: "Stripe-Signature",
+            truncated: stripe_truncated,
+            message_headers: &[],
+        },
         Case {
             name: "github",
             connector: shipped(
