@@ -32,7 +32,6 @@ use toml::Spanned;
 pub use auth::MAX_SIGNATURES;
 pub use error::{ConfigError, DecodeError, VerifyError};
 use path::{CompiledPath, scalar_text};
-pub use prune::member_chain;
 pub use spec::BodyFormat;
 use spec::{ConnectorFile, LocatorFile, ResponseKind};
 

@@ -194,7 +194,7 @@ const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 /// The leading member names of `path` (RFC 9535 shorthand `.name` or `['name']`), up to the
 /// first segment of any other kind. A path that refers to the root again inside a filter
 /// needs the whole document: no chain.
-pub fn member_chain(path: &str) -> Vec<String> {
+pub(crate) fn member_chain(path: &str) -> Vec<String> {
     let Some(mut rest) = path.trim().strip_prefix('$') else {
         return Vec::new();
     };
@@ -210,7 +210,13 @@ pub fn member_chain(path: &str) -> Vec<String> {
                 .unwrap_or(after.len());
             // A name must end the path or be followed by another segment; anything else is
             // syntax this scan does not know, so the subtree is kept whole from here.
-            if len == 0 || !matches!(after[len..].chars().next(), None | Some('.' | '[')) {
+            // jsonpath-rust trims names with Unicode's notion of whitespace (`$.a\u{a0}.b`
+            // looks up `a`), so a name holding any is not followed.
+            let name = &after[..len];
+            if len == 0
+                || name.contains(char::is_whitespace)
+                || !matches!(after[len..].chars().next(), None | Some('.' | '['))
+            {
                 break;
             }
             chain.push(after[..len].to_owned());
@@ -272,6 +278,8 @@ mod tests {
             ("$.données.montant", &["données", "montant"]),
             ("$.a.b-c", &["a"]),
             ("$.a.b c", &["a"]),
+            ("$.a\u{a0}.b", &[]),
+            ("$.x.a\u{3000}", &["x", "a"]),
         ];
         for (path, want) in cases {
             assert_eq!(member_chain(path), *want, "{path}");
@@ -285,7 +293,8 @@ mod tests {
         "note_attributes": [{"name": "click_id", "value": "abc"}, {"name": "x", "value": 1.50}],
         "line_items": [{"id": 1, "price": "10.00", "title": "a \"quoted\" \u00e9 title"}],
         "esc\u0061ped": {"k": 12345678901234567890123},
-        "big": 1e400, "n": null, "t": true
+        "big": 1e400, "n": null, "t": true,
+        "café": {"crème": "brûlée", "x": 1}, "a": {"b": "nbsp"}
     }"#;
 
     fn full() -> Value {
@@ -305,6 +314,7 @@ mod tests {
             "$.n",
             "$.missing.deeper",
             "$.email.not_an_object",
+            "$.café.crème",
         ];
         let prune = Prune::for_paths(queries);
         let pruned = prune.parse(ORDER.as_bytes()).expect("parses");
@@ -329,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_query_that_needs_the_whole_document_keeps_it() {
-        for q in ["$", "$..amount", "$.*", "$[?@.id == $.id]"] {
+        for q in ["$", "$..amount", "$.*", "$[?@.id == $.id]", "$.a\u{a0}.b"] {
             let prune = Prune::for_paths([q, "$.id"]);
             assert!(prune.keeps_everything(), "{q}");
             assert_eq!(

@@ -508,9 +508,10 @@ impl Mapping {
         ev: &VerifiedEvent,
         ctx: &Ctx<'_>,
     ) -> Result<Option<String>, MapError> {
-        let raws: Vec<String> = match &f.source {
+        let mut value = None;
+        match &f.source {
+            // Lazily: nodes after the first good value are neither type-checked nor transformed.
             Source::Path(p) => {
-                let mut texts = Vec::new();
                 for hit in p.select(ev.payload()) {
                     if hit.value.is_null() {
                         continue;
@@ -524,33 +525,24 @@ impl Mapping {
                             found: type_name(hit.value),
                         });
                     };
-                    texts.push(text);
-                }
-                texts
-            }
-            Source::Header(h) => ev.header(h).map(str::to_string).into_iter().collect(),
-            Source::Query(q) => ev.query_param(q).map(str::to_string).into_iter().collect(),
-            Source::Constant(c) => vec![c.clone()],
-            Source::Meta(Meta::EventType) => vec![ev.event_type().to_string()],
-            Source::Meta(Meta::EventId) => vec![ev.event_id().to_string()],
-            Source::Meta(Meta::Source) => vec![ev.source().to_string()],
-            Source::Meta(Meta::ReceivedAt) => vec![ev.received_at().to_rfc3339()],
-            Source::FirstOf(cands) => {
-                let mut found = None;
-                for c in cands {
-                    if let Some(v) = self.resolve(name, c, ev, ctx)? {
-                        found = Some(v);
+                    value = self.transformed(name, f, text, ctx)?;
+                    if value.is_some() {
                         break;
                     }
                 }
-                found.into_iter().collect()
             }
-        };
-        let mut value = None;
-        for raw in raws {
-            value = self.transformed(name, f, raw, ctx)?;
-            if value.is_some() {
-                break;
+            Source::FirstOf(cands) => {
+                for c in cands {
+                    if let Some(v) = self.resolve(name, c, ev, ctx)? {
+                        value = self.transformed(name, f, v, ctx)?;
+                        break;
+                    }
+                }
+            }
+            source => {
+                if let Some(raw) = single_value(source, ev) {
+                    value = self.transformed(name, f, raw, ctx)?;
+                }
             }
         }
         let value = value.or_else(|| f.default.clone());
@@ -584,6 +576,20 @@ impl Mapping {
     }
 }
 
+/// The one value of a source that is not a path or a list of candidates.
+fn single_value(source: &Source, ev: &VerifiedEvent) -> Option<String> {
+    match source {
+        Source::Header(h) => ev.header(h).map(str::to_string),
+        Source::Query(q) => ev.query_param(q).map(str::to_string),
+        Source::Constant(c) => Some(c.clone()),
+        Source::Meta(Meta::EventType) => Some(ev.event_type().to_string()),
+        Source::Meta(Meta::EventId) => Some(ev.event_id().to_string()),
+        Source::Meta(Meta::Source) => Some(ev.source().to_string()),
+        Source::Meta(Meta::ReceivedAt) => Some(ev.received_at().to_rfc3339()),
+        Source::Path(_) | Source::FirstOf(_) => None,
+    }
+}
+
 /// What a field tried, and for a path where in `payload` it stopped finding anything.
 fn describe(f: &Field, payload: &Value) -> String {
     match &f.source {
@@ -607,7 +613,7 @@ fn describe(f: &Field, payload: &Value) -> String {
 /// a missing member, a value that is not an object, a null, or what the rest of the path
 /// (filter, index, wildcard) found nothing in.
 fn why_nothing(path: &str, payload: &Value) -> Option<String> {
-    let names = crate::connector::member_chain(path);
+    let names = crate::connector::prune::member_chain(path);
     let mut at = payload;
     let mut shown = String::from("$");
     for name in &names {

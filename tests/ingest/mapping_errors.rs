@@ -60,6 +60,26 @@ fn a_path_that_selects_an_object_reports_the_type_and_location() {
     );
 }
 
+/// A path is resolved lazily: the first node that gives a value wins, and nodes after it
+/// (here the order's objects and arrays, which `$.*` also selects) are never looked at.
+#[test]
+fn nodes_after_the_first_good_value_are_not_type_checked() {
+    let set = set_of(
+        "shopify",
+        &format!("{HEAD}transaction_id = {{ required = true, path = \"$.*\" }}\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ev = shopify_event(
+        "orders/paid",
+        fixture("shopify/orders_create.shopify-dev-2026-07.json"),
+    );
+    let postbacks = set.map(&ev).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        postbacks[0].transaction_id.as_deref(),
+        Some("gid://shopify/Order/820982911946154508")
+    );
+}
+
 /// `postgate map` says where along a path the payload stopped matching: a member that is not
 /// there, an array where the path expects an object, a null, or a filter that found nothing.
 #[test]
