@@ -593,10 +593,28 @@ fn single_value(source: &Source, ev: &VerifiedEvent) -> Option<String> {
 /// What a field tried, and for a path where in `payload` it stopped finding anything.
 fn describe(f: &Field, payload: &Value) -> String {
     match &f.source {
-        Source::Path(p) => match why_nothing(p.as_str(), payload) {
-            Some(why) => format!("path `{}`: {why}", p.as_str()),
-            None => format!("path `{}`", p.as_str()),
-        },
+        Source::Path(p) => {
+            let found = p
+                .select(payload)
+                .into_iter()
+                .filter(|h| !h.value.is_null())
+                .count();
+            let why = if found > 0 {
+                // The path did select something: it was blank, or a transform emptied it
+                // (a landing URL without the parameter `query_param` looks for).
+                Some(if f.transforms.is_empty() {
+                    format!("selected {found} value(s), all empty")
+                } else {
+                    format!("selected {found} value(s), none left non-empty by its transforms")
+                })
+            } else {
+                why_nothing(p.as_str(), payload)
+            };
+            match why {
+                Some(why) => format!("path `{}`: {why}", p.as_str()),
+                None => format!("path `{}`", p.as_str()),
+            }
+        }
         Source::Header(h) => format!("header `{h}`"),
         Source::Query(q) => format!("query parameter `{q}`"),
         Source::Constant(c) => format!("constant `{c}`"),
@@ -609,9 +627,9 @@ fn describe(f: &Field, payload: &Value) -> String {
     }
 }
 
-/// Follows the leading member names of `path` through `payload` and says where they stop:
-/// a missing member, a value that is not an object, a null, or what the rest of the path
-/// (filter, index, wildcard) found nothing in.
+/// For a path that selected nothing: follows its leading member names through `payload` and
+/// says where they stop — a missing member, a value that is not an object, a null, or the
+/// value in which the rest of the path (filter, index, wildcard) found nothing.
 fn why_nothing(path: &str, payload: &Value) -> Option<String> {
     let names = crate::connector::prune::member_chain(path);
     let mut at = payload;
@@ -622,6 +640,7 @@ fn why_nothing(path: &str, payload: &Value) -> Option<String> {
                 Some(next) => at = next,
                 None => return Some(format!("`{shown}` has no member `{name}`")),
             },
+            Value::Null => return Some(format!("`{shown}` is null")),
             other => {
                 return Some(format!(
                     "`{shown}` is {}, not an object with a member `{name}`",

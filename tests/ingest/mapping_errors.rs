@@ -102,10 +102,16 @@ fn a_path_that_finds_nothing_says_where_the_payload_stops_matching() {
             "$.note_attributes[?@.name == 'click_id'].value",
             "`$.note_attributes` is an array of 0 item(s); the rest of the path selects nothing in it",
         ),
+        (
+            "$.customer.email",
+            "selected 1 value(s), none left non-empty by its transforms",
+        ),
+        ("$.note", "`$.note` is null"),
+        ("$.note.text", "`$.note` is null"),
     ] {
         let set = set_of(
             "shopify",
-            &format!("{HEAD}click_id = {{ required = true, path = \"{path}\" }}\n"),
+            &format!("{HEAD}click_id = {{ required = true, path = \"{path}\", transforms = [{{ query_param = [\"subid\"] }}] }}\n"),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let err = set
