@@ -610,12 +610,12 @@ async fn resolve_existing(
                 ledger::insert(conn, &lines, now_ms).await?;
             }
             enqueue::insert(conn, &deliveries_for_change(&e, d, d.status), now_ms).await?;
-            Ok(transitioned(&e))
+            Ok(transitioned(&e, d))
         }
         (Status::Pending, Status::Rejected) | (Status::Pending, Status::Reversed) => {
             set_status(conn, &e.id, d.status, now_ms).await?;
             enqueue::insert(conn, &deliveries_for_change(&e, d, d.status), now_ms).await?;
-            Ok(transitioned(&e))
+            Ok(transitioned(&e, d))
         }
         (Status::Approved, Status::Reversed) => {
             set_status(conn, &e.id, Status::Reversed, now_ms).await?;
@@ -627,7 +627,7 @@ async fn resolve_existing(
                 now_ms,
             )
             .await?;
-            Ok(transitioned(&e))
+            Ok(transitioned(&e, d))
         }
         (from, to) => Ok(Receipt {
             status: Verdict::Rejected,
@@ -645,11 +645,13 @@ async fn resolve_existing(
     }
 }
 
-fn transitioned(e: &Existing) -> Receipt {
+/// The answer to a status change of `e` by `d`: accepted, with `d`'s flags (say, a reversal
+/// whose reported amount could not be recorded).
+fn transitioned(e: &Existing, d: &Decision) -> Receipt {
     Receipt {
         status: Verdict::Accepted,
         conversion_id: Some(e.id.clone()),
-        reasons: Vec::new(),
+        reasons: d.flags.clone(),
     }
 }
 

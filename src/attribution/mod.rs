@@ -317,9 +317,10 @@ pub fn evaluate(
     match amounts(postback.amount, currency, fx_rate, goal, catalog) {
         Ok(amounts) => d.amounts = Some(amounts),
         // A reversal moves no money of its own: it nets the conversion's postings. An amount
-        // past the limit (reported in a currency whose rate has moved since, or stored before
-        // the limit) must not stop it; it is noted and not recorded.
-        Err(error @ AmountError::Overflow(_)) if d.status == Status::Reversed => {
+        // it reports that cannot be booked (past the limit at today's rate, negative as some
+        // refunds are sent, finer than the currency) must not stop it: the answer notes it and
+        // the amount is not recorded.
+        Err(error) if d.status == Status::Reversed => {
             d.flags.push(Reason::new(
                 ReasonCode::InvalidAmount,
                 format!("the reversal's amount is not recorded: {error}"),

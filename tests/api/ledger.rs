@@ -190,7 +190,7 @@ async fn an_amount_over_the_limit_is_refused_and_one_at_it_is_taken() {
 /// one past the limit (a rate that moved since, a refund figure in another currency) must not
 /// keep the conversion credited.
 #[tokio::test]
-async fn a_reversal_reporting_an_amount_past_the_limit_still_reverses() {
+async fn a_reversal_reporting_an_amount_it_cannot_book_still_reverses() {
     let app = spawn_app().await;
     let click = app.click("shoes", "aff1").await;
     let (_, approved) = app
@@ -214,8 +214,37 @@ async fn a_reversal_reporting_an_amount_past_the_limit_still_reverses() {
     assert_eq!(status.as_u16(), 200, "{reversed}");
     assert_eq!(reversed["status"], "accepted", "{reversed}");
     assert_eq!(reversed["conversion_id"], approved["conversion_id"]);
+    assert_eq!(
+        crate::helpers::code(&reversed),
+        "invalid_amount",
+        "{reversed}"
+    );
     assert_eq!(app.balance("advertiser:acme:receivable").await, 0);
     assert_eq!(app.balance("affiliate:aff1:payable").await, 0);
+
+    // A refund sent as a negative amount reverses too.
+    let click = app.click("shoes", "aff2").await;
+    let (_, approved) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &click),
+            ("payout", "30.00"),
+            ("transaction_id", "NEG"),
+        ])
+        .await;
+    assert_eq!(approved["status"], "accepted", "{approved}");
+    let (status, reversed) = app
+        .postback(&[
+            ("token", ACME_TOKEN),
+            ("click_id", &click),
+            ("payout", "-30.00"),
+            ("transaction_id", "NEG"),
+            ("status", "reversed"),
+        ])
+        .await;
+    assert_eq!(status.as_u16(), 200, "{reversed}");
+    assert_eq!(reversed["conversion_id"], approved["conversion_id"]);
+    assert_eq!(app.balance("affiliate:aff2:payable").await, 0);
     assert_eq!(totals(&app).await.get("USD"), Some(&0));
 }
 
