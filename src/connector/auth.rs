@@ -3,7 +3,8 @@
 //! Input: a `RawRequest` (raw body bytes untouched: every platform signs the bytes it sent,
 //! so nothing may re-serialise the body before verification). Output: `Ok(())` or a
 //! [`VerifyError`] with a stable code. Comparisons of secrets and MACs are constant-time
-//! (`Mac::verify_slice`, `subtle::ConstantTimeEq`). New HMAC schemes are assembled from
+//! (`subtle::ConstantTimeEq`); a MAC is computed once per secret, whatever the number of
+//! signatures a request carries. New HMAC schemes are assembled from
 //! message parts in TOML; no scheme needs Rust code of its own.
 
 use std::net::IpAddr;
@@ -24,12 +25,12 @@ use super::spec::{
 };
 use super::{RawRequest, header_field};
 
-/// Base64 that accepts padded and unpadded input and non-zero trailing bits: Standard
-/// Webhooks secrets circulate in all these forms and the reference libraries accept them.
 /// Most signatures one request may carry (Standard Webhooks and Stripe send one per secret the
 /// sender signs with; two or three during a rotation). More is refused before any MAC.
 pub const MAX_SIGNATURES: usize = 16;
 
+/// Base64 that accepts padded and unpadded input and non-zero trailing bits: Standard
+/// Webhooks secrets circulate in all these forms and the reference libraries accept them.
 const B64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new()

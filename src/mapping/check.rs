@@ -42,7 +42,6 @@ impl DryRunError {
     }
 }
 
-/// Parses `--header 'K: V'`.
 /// Reads a payload file of at most `limit` bytes (a connector's body limit): `/dev/zero` or a
 /// huge file is refused after `limit + 1` bytes instead of exhausting memory.
 pub fn read_payload(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
@@ -61,8 +60,9 @@ pub fn read_payload(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
     Ok(body)
 }
 
-/// A test case's fixture, relative to the project root and inside it: no absolute path and no
-/// `..`, so a mapping file cannot make `check` read (and print in a failure) files elsewhere.
+/// A test case's fixture, relative to the project root and inside it: no absolute path, no
+/// `..` and no symlink out of it, so a mapping file cannot make `check` read (and print in a
+/// failure) files elsewhere.
 fn fixture_path(root: &Path, rel: &str) -> Result<PathBuf, String> {
     use std::path::Component;
     let path = Path::new(rel);
@@ -71,12 +71,25 @@ fn fixture_path(root: &Path, rel: &str) -> Result<PathBuf, String> {
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
     {
         return Err(format!(
-            "fixture {rel:?} must be a path relative to the project root, without `..`"
+            "{rel:?} must be a path relative to the project root, without `..`"
         ));
     }
-    Ok(root.join(path))
+    let resolved = root
+        .join(path)
+        .canonicalize()
+        .map_err(|e| format!("{rel:?}: {e}"))?;
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", root.display()))?;
+    if !resolved.starts_with(&root) {
+        return Err(format!(
+            "{rel:?} resolves outside the project root (a symlink?)"
+        ));
+    }
+    Ok(resolved)
 }
 
+/// Parses `--header 'K: V'`.
 pub fn parse_header_arg(arg: &str) -> Option<(String, String)> {
     let (k, v) = arg.split_once(':')?;
     let k = k.trim();

@@ -381,6 +381,15 @@ fn bad_definitions_fail_with_file_line_and_reason() {
         "type = \"token\"\nquery = \"t\"\ntokens = [\"${NOPE}\"]",
     ));
     assert!(e.starts_with("inline.toml:6:") && e.contains("NOPE"), "{e}");
+    // A token of sixteen spaces is long enough but no token.
+    let e = config_err(&base.replace(
+        "type = \"none\"",
+        "type = \"token\"\nquery = \"t\"\ntokens = [\"                \"]",
+    ));
+    assert!(
+        e.starts_with("inline.toml:6:") && e.contains("whitespace"),
+        "{e}"
+    );
     // No auth at all.
     let e = config_err(&base.replace("[[auth]]\ntype = \"none\"\n", ""));
     assert!(e.contains("auth"), "{e}");
