@@ -192,59 +192,41 @@ async fn an_amount_over_the_limit_is_refused_and_one_at_it_is_taken() {
 #[tokio::test]
 async fn a_reversal_reporting_an_amount_it_cannot_book_still_reverses() {
     let app = spawn_app().await;
-    let click = app.click("shoes", "aff1").await;
-    let (_, approved) = app
-        .postback(&[
-            ("token", ACME_TOKEN),
-            ("click_id", &click),
-            ("payout", "100000000000.00"),
-            ("transaction_id", "MAX"),
-        ])
-        .await;
-    assert_eq!(approved["status"], "accepted", "{approved}");
-    let (status, reversed) = app
-        .postback(&[
-            ("token", ACME_TOKEN),
-            ("click_id", &click),
-            ("payout", "100000000000.01"),
-            ("transaction_id", "MAX"),
-            ("status", "reversed"),
-        ])
-        .await;
-    assert_eq!(status.as_u16(), 200, "{reversed}");
-    assert_eq!(reversed["status"], "accepted", "{reversed}");
-    assert_eq!(reversed["conversion_id"], approved["conversion_id"]);
-    assert_eq!(
-        crate::helpers::code(&reversed),
-        "invalid_amount",
-        "{reversed}"
-    );
+    // (affiliate, amount approved, amount the reversal reports): past the limit, negative.
+    for (aff, approved_amount, reported) in [
+        ("aff1", "100000000000.00", "100000000000.01"),
+        ("aff2", "30.00", "-30.00"),
+    ] {
+        let click = app.click("shoes", aff).await;
+        let (_, approved) = app
+            .postback(&[
+                ("token", ACME_TOKEN),
+                ("click_id", &click),
+                ("payout", approved_amount),
+                ("transaction_id", aff),
+            ])
+            .await;
+        assert_eq!(approved["status"], "accepted", "{approved}");
+        let (status, reversed) = app
+            .postback(&[
+                ("token", ACME_TOKEN),
+                ("click_id", &click),
+                ("payout", reported),
+                ("transaction_id", aff),
+                ("status", "reversed"),
+            ])
+            .await;
+        assert_eq!(status.as_u16(), 200, "{reported}: {reversed}");
+        assert_eq!(reversed["status"], "accepted", "{reversed}");
+        assert_eq!(reversed["conversion_id"], approved["conversion_id"]);
+        assert_eq!(
+            crate::helpers::code(&reversed),
+            "invalid_amount",
+            "{reversed}"
+        );
+        assert_eq!(app.balance(&format!("affiliate:{aff}:payable")).await, 0);
+    }
     assert_eq!(app.balance("advertiser:acme:receivable").await, 0);
-    assert_eq!(app.balance("affiliate:aff1:payable").await, 0);
-
-    // A refund sent as a negative amount reverses too.
-    let click = app.click("shoes", "aff2").await;
-    let (_, approved) = app
-        .postback(&[
-            ("token", ACME_TOKEN),
-            ("click_id", &click),
-            ("payout", "30.00"),
-            ("transaction_id", "NEG"),
-        ])
-        .await;
-    assert_eq!(approved["status"], "accepted", "{approved}");
-    let (status, reversed) = app
-        .postback(&[
-            ("token", ACME_TOKEN),
-            ("click_id", &click),
-            ("payout", "-30.00"),
-            ("transaction_id", "NEG"),
-            ("status", "reversed"),
-        ])
-        .await;
-    assert_eq!(status.as_u16(), 200, "{reversed}");
-    assert_eq!(reversed["conversion_id"], approved["conversion_id"]);
-    assert_eq!(app.balance("affiliate:aff2:payable").await, 0);
     assert_eq!(totals(&app).await.get("USD"), Some(&0));
 }
 

@@ -146,28 +146,52 @@ fn short_and_empty_secrets_are_rejected_at_load_with_the_line() {
     }
 }
 
+/// The published Standard Webhooks vectors, the shipped connector with their secret, and a
+/// builder of the signed vector request with a given `webhook-signature`, received at `now`.
+struct StandardWebhooks {
+    vectors: Value,
+    connector: postgate::connector::Connector,
+    ts: i64,
+}
+
+impl StandardWebhooks {
+    fn new() -> Self {
+        let vectors = json_fixture("standard_webhooks/test_vectors.json");
+        let g = &vectors["vectors"][0];
+        let connector = shipped(
+            "standard-webhooks",
+            &[("STANDARD_WEBHOOKS_SECRET", s(g, "secret"))],
+            16,
+        );
+        let ts = g["timestamp"].as_i64().unwrap_or_default();
+        StandardWebhooks {
+            vectors,
+            connector,
+            ts,
+        }
+    }
+
+    fn good(&self) -> &Value {
+        &self.vectors["vectors"][0]
+    }
+
+    fn request(&self, sig: &str, now: chrono::DateTime<Utc>) -> postgate::connector::RawRequest {
+        let g = self.good();
+        let mut r = req("POST", "/", &[], s(g, "payload").to_string(), now);
+        r.headers = vec![
+            ("webhook-id".to_string(), s(g, "msg_id").to_string()),
+            ("webhook-timestamp".to_string(), self.ts.to_string()),
+            ("webhook-signature".to_string(), sig.to_string()),
+        ];
+        r
+    }
+}
+
 #[test]
 fn standard_webhooks_vector_verifies_at_its_own_time_and_is_stale_now() {
-    let v = json_fixture("standard_webhooks/test_vectors.json");
-    let g = &v["vectors"][0];
-    let c = shipped(
-        "standard-webhooks",
-        &[("STANDARD_WEBHOOKS_SECRET", s(g, "secret"))],
-        16,
-    );
-    let ts = g["timestamp"].as_i64().unwrap_or_default();
-    let h = |sig: &str| {
-        vec![
-            ("webhook-id".to_string(), s(g, "msg_id").to_string()),
-            ("webhook-timestamp".to_string(), ts.to_string()),
-            ("webhook-signature".to_string(), sig.to_string()),
-        ]
-    };
-    let mk = |sig: &str, now| {
-        let mut r = req("POST", "/", &[], s(g, "payload").to_string(), now);
-        r.headers = h(sig);
-        r
-    };
+    let sw = StandardWebhooks::new();
+    let (v, g, c, ts) = (&sw.vectors, sw.good(), &sw.connector, sw.ts);
+    let mk = |sig: &str, now| sw.request(sig, now);
     let sig = s(g, "expected_signature_header");
     assert_eq!(code(c.verify(&mk(sig, at(ts)))), "ok");
     assert_eq!(code(c.verify(&mk(sig, at(ts + 299)))), "ok");
@@ -199,23 +223,9 @@ fn standard_webhooks_vector_verifies_at_its_own_time_and_is_stale_now() {
 /// secret and more than `MAX_SIGNATURES` candidates are refused before any.
 #[test]
 fn a_flood_of_signatures_is_refused_and_sixteen_are_still_checked() {
-    let v = json_fixture("standard_webhooks/test_vectors.json");
-    let g = &v["vectors"][0];
-    let c = shipped(
-        "standard-webhooks",
-        &[("STANDARD_WEBHOOKS_SECRET", s(g, "secret"))],
-        16,
-    );
-    let ts = g["timestamp"].as_i64().unwrap_or_default();
-    let mk = |sig: String| {
-        let mut r = req("POST", "/", &[], s(g, "payload").to_string(), at(ts));
-        r.headers = vec![
-            ("webhook-id".to_string(), s(g, "msg_id").to_string()),
-            ("webhook-timestamp".to_string(), ts.to_string()),
-            ("webhook-signature".to_string(), sig),
-        ];
-        r
-    };
+    let sw = StandardWebhooks::new();
+    let (g, c) = (sw.good(), &sw.connector);
+    let mk = |sig: String| sw.request(&sig, at(sw.ts));
     let good = s(g, "expected_signature_header");
     let decoys = |n: usize| vec!["v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="; n].join(" ");
     let max = postgate::connector::MAX_SIGNATURES;
@@ -607,16 +617,9 @@ fn every_scheme_refuses_missing_empty_and_truncated_signatures() {
     let woo_secret = "woocommerce-webhook-secret-1234";
     let woo_body = fixture("woocommerce/order_created.rest-api-docs-v3.json");
     let woo_sig = sign_b64(woo_secret.as_bytes(), &woo_body);
-    let v = json_fixture("standard_webhooks/test_vectors.json");
-    let g = &v["vectors"][0];
-    let sw_ts = g["timestamp"].as_i64().unwrap_or_default();
-    let sw_sig = s(g, "expected_signature_header").to_owned();
-    let mut sw_request = req("POST", "/", &[], s(g, "payload").to_string(), at(sw_ts));
-    sw_request.headers = vec![
-        ("webhook-id".into(), s(g, "msg_id").into()),
-        ("webhook-timestamp".into(), sw_ts.to_string()),
-        ("webhook-signature".into(), sw_sig.clone()),
-    ];
+    let sw = StandardWebhooks::new();
+    let sw_sig = s(sw.good(), "expected_signature_header").to_owned();
+    let sw_request = sw.request(&sw_sig, at(sw.ts));
     let hubspot_body = bytes::Bytes::from_static(b"[{\"eventId\":1}]");
     let hubspot_sig = hubspot_v3(
         "https://gw.example.com/hooks/hubspot",
@@ -688,11 +691,7 @@ fn every_scheme_refuses_missing_empty_and_truncated_signatures() {
         },
         Case {
             name: "standard-webhooks",
-            connector: shipped(
-                "standard-webhooks",
-                &[("STANDARD_WEBHOOKS_SECRET", s(g, "secret"))],
-                16,
-            ),
+            connector: sw.connector,
             request: sw_request,
             signature_header: "webhook-signature",
             truncated: format!("v1,{}", half_b64(sw_sig.trim_start_matches("v1,"))),
