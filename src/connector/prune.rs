@@ -219,7 +219,7 @@ pub(crate) fn member_chain(path: &str) -> Vec<String> {
             {
                 break;
             }
-            chain.push(after[..len].to_owned());
+            chain.push(name.to_owned());
             rest = &after[len..];
         } else if let Some((name, after)) = quoted_member(rest) {
             chain.push(name.to_owned());
