@@ -129,9 +129,14 @@ pub async fn run(dir: &Path, database_url: &str) {
     let started = Instant::now();
     let (affiliate, receiver) = start_affiliate(n).await;
     let schedule: Vec<String> = (0..=3_600).map(|s| s.to_string()).collect();
+    // The kill comes once enough attempts were refused, which retries can reach while some
+    // first attempts still wait in the in-memory handoff queue. Those are lost with the
+    // process and run from their apalis jobs when the handoff grace ends: 60 s by default,
+    // which made this scenario take a minute now and then. 2 s, as in kill_during_delivery.
     let tail = format!(
         "[outbound]\nallow_networks = [\"127.0.0.1/32\"]\nschedule_seconds = [{}]\n\
-         jitter = 0.0\npoll_interval_ms = 50\nconcurrency = 64\nper_endpoint_concurrency = 64\n",
+         jitter = 0.0\npoll_interval_ms = 50\nconcurrency = 64\nper_endpoint_concurrency = 64\n\
+         handoff_grace_ms = 2000\n",
         schedule.join(", ")
     );
     let mut gateway = Gateway::start(
